@@ -1,0 +1,331 @@
+//! The policies nodes, clients and the simulator share, as pure functions:
+//! per-hop delays, path selection, the Poisson send schedule with cover
+//! traffic (Loopix), and epoch arithmetic.
+//!
+//! Randomness and time come in as arguments. The daemons call these with a
+//! real RNG and the wall clock; the simulator with a seeded RNG and virtual
+//! time. That is what makes the simulator study the real thing.
+
+use std::time::Duration;
+
+use rand::{Rng, RngExt};
+use rand_distr::{Distribution, Exp1};
+
+use crate::directory::{NetworkParams, NodeInfo, VerifiedConsensus};
+use crate::error::{Error, Result};
+use crate::ids::NodeId;
+use crate::packet::{Hop, MIX_LAYERS, Route};
+
+/// Draws one exponential sample with the given mean (a Poisson process's
+/// inter-arrival time, or a Loopix per-hop delay). A zero mean gives zero.
+pub fn sample_exponential<R: Rng + ?Sized>(rng: &mut R, mean: Duration) -> Duration {
+    if mean.is_zero() {
+        return Duration::ZERO;
+    }
+    let x: f64 = Exp1.sample(rng);
+    Duration::from_secs_f64(x * mean.as_secs_f64())
+}
+
+/// Draws a per-hop delay: exponential with mean `mean`, clamped to `max`
+/// (nodes drop packets that ask for more than `max`).
+pub fn sample_delay<R: Rng + ?Sized>(rng: &mut R, mean: Duration, max: Duration) -> Duration {
+    sample_exponential(rng, mean).min(max)
+}
+
+/// Draws `n` per-hop delays (see [`sample_delay`]).
+pub fn sample_delays<R: Rng + ?Sized>(
+    rng: &mut R,
+    n: usize,
+    mean: Duration,
+    max: Duration,
+) -> Vec<Duration> {
+    (0..n).map(|_| sample_delay(rng, mean, max)).collect()
+}
+
+/// The time to the next event of a Poisson process of `rate` events per
+/// second. `None` for a rate of zero (the process never fires).
+pub fn next_poisson_interval<R: Rng + ?Sized>(rng: &mut R, rate: f64) -> Option<Duration> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return None;
+    }
+    let x: f64 = Exp1.sample(rng);
+    Some(Duration::from_secs_f64(x / rate))
+}
+
+/// Chooses one index per layer, uniformly and independently, into `out`
+/// (`out.len() == layer_sizes.len()`). Fails if a layer is empty.
+///
+/// This is the path selection policy; [`select_route`] applies it to a
+/// consensus, the simulator to its own topology.
+pub fn choose_per_layer<R: Rng + ?Sized>(
+    rng: &mut R,
+    layer_sizes: &[usize],
+    out: &mut [usize],
+) -> Result<()> {
+    if out.len() != layer_sizes.len() {
+        return Err(Error::InvalidRoute("one output slot per layer is required"));
+    }
+    for (slot, &size) in out.iter_mut().zip(layer_sizes) {
+        if size == 0 {
+            return Err(Error::InvalidRoute("a mix layer is empty"));
+        }
+        *slot = rng.random_range(0..size);
+    }
+    Ok(())
+}
+
+/// The mixes of one path, one per layer, chosen uniformly (the sender draws
+/// a fresh path for every packet).
+pub fn select_mixes<'a, R: Rng + ?Sized>(
+    rng: &mut R,
+    consensus: &'a VerifiedConsensus,
+) -> Result<[&'a NodeInfo; MIX_LAYERS]> {
+    let layers = consensus.layers();
+    let sizes: [usize; MIX_LAYERS] = std::array::from_fn(|i| layers.get(i).map_or(0, Vec::len));
+    let mut picks = [0usize; MIX_LAYERS];
+    choose_per_layer(rng, &sizes, &mut picks)?;
+    let mut out: [Option<&NodeInfo>; MIX_LAYERS] = [None; MIX_LAYERS];
+    for (layer, (slot, pick)) in out.iter_mut().zip(picks).enumerate() {
+        *slot = layers.get(layer).and_then(|l| l.get(pick));
+    }
+    let [Some(a), Some(b), Some(c)] = out else {
+        return Err(Error::InvalidRoute("a mix layer is empty"));
+    };
+    Ok([a, b, c])
+}
+
+/// A full forward route: one mix per layer (uniformly), then `provider`,
+/// with fresh exponential delays from the consensus parameters.
+pub fn select_route<R: Rng + ?Sized>(
+    rng: &mut R,
+    consensus: &VerifiedConsensus,
+    provider: &NodeId,
+) -> Result<Route> {
+    let provider = consensus
+        .mailboxes()
+        .iter()
+        .find(|m| m.id == *provider)
+        .ok_or(Error::InvalidRoute("the provider is not in the consensus"))?;
+    let mixes = select_mixes(rng, consensus)?;
+    let mut hops: Vec<Hop> = mixes.iter().map(|n| n.hop()).collect();
+    hops.push(provider.hop());
+    let params = consensus.params();
+    let mut delays = sample_delays(
+        rng,
+        MIX_LAYERS,
+        Duration::from_micros(params.mean_delay_us),
+        Duration::from_micros(params.max_delay_us),
+    );
+    // The provider stores on arrival; its delay is not used.
+    delays.push(Duration::ZERO);
+    Route::new(hops, delays)
+}
+
+/// What a client sends at a tick of its send stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendKind {
+    /// The next real packet from the outbox.
+    Real,
+    /// A drop-cover packet (nothing was waiting).
+    DropCover,
+}
+
+/// Loopix: at a tick of the send stream, send a real packet if one waits,
+/// else drop cover.
+pub fn on_send_tick(real_waiting: bool) -> SendKind {
+    if real_waiting {
+        SendKind::Real
+    } else {
+        SendKind::DropCover
+    }
+}
+
+/// Which stream an event of a [`ClientSchedule`] belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// The send stream (rate λ): real or drop cover, see [`on_send_tick`].
+    Send,
+    /// The loop-cover stream (rate λ_L).
+    Loop,
+}
+
+/// A client's two independent Poisson streams, on any clock.
+///
+/// Times are offsets from an origin the caller chooses (the daemon's start
+/// instant, or the simulator's zero).
+#[derive(Clone, Debug)]
+pub struct ClientSchedule {
+    send_rate: f64,
+    loop_rate: f64,
+    next_send: Option<Duration>,
+    next_loop: Option<Duration>,
+}
+
+impl ClientSchedule {
+    /// Starts both streams at time `now`.
+    pub fn new<R: Rng + ?Sized>(
+        rng: &mut R,
+        send_rate: f64,
+        loop_rate: f64,
+        now: Duration,
+    ) -> Self {
+        Self {
+            send_rate,
+            loop_rate,
+            next_send: next_poisson_interval(rng, send_rate).map(|d| now + d),
+            next_loop: next_poisson_interval(rng, loop_rate).map(|d| now + d),
+        }
+    }
+
+    /// With the consensus rates.
+    pub fn from_params<R: Rng + ?Sized>(
+        rng: &mut R,
+        params: &NetworkParams,
+        now: Duration,
+    ) -> Self {
+        Self::new(rng, params.client_rate, params.client_loop_rate, now)
+    }
+
+    /// True if the send stream is off (rate 0): real packets should then be
+    /// sent as soon as they are queued, and no drop cover is sent.
+    pub fn sends_immediately(&self) -> bool {
+        self.next_send.is_none()
+    }
+
+    /// The time and stream of the next event, if any stream is on.
+    pub fn peek(&self) -> Option<(Duration, Stream)> {
+        match (self.next_send, self.next_loop) {
+            (Some(s), Some(l)) if l < s => Some((l, Stream::Loop)),
+            (Some(s), _) => Some((s, Stream::Send)),
+            (None, Some(l)) => Some((l, Stream::Loop)),
+            (None, None) => None,
+        }
+    }
+
+    /// Takes the next event and schedules that stream's following one.
+    pub fn pop<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Option<(Duration, Stream)> {
+        let (at, stream) = self.peek()?;
+        match stream {
+            Stream::Send => {
+                self.next_send = next_poisson_interval(rng, self.send_rate).map(|d| at + d);
+            }
+            Stream::Loop => {
+                self.next_loop = next_poisson_interval(rng, self.loop_rate).map(|d| at + d);
+            }
+        }
+        Some((at, stream))
+    }
+}
+
+/// The epoch containing unix time `now_secs`, for epochs of `epoch_secs`.
+pub fn epoch_at(now_secs: u64, epoch_secs: u64) -> u64 {
+    now_secs.checked_div(epoch_secs).unwrap_or(0)
+}
+
+/// Unix time at which `epoch` starts.
+pub fn epoch_start(epoch: u64, epoch_secs: u64) -> u64 {
+    epoch.saturating_mul(epoch_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn exponential_mean_is_right() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mean = Duration::from_millis(50);
+        let n = 200_000;
+        let total: f64 = (0..n)
+            .map(|_| sample_exponential(&mut rng, mean).as_secs_f64())
+            .sum();
+        let got = total / n as f64;
+        assert!((got - 0.050).abs() < 0.050 * 0.02, "mean {got}");
+    }
+
+    #[test]
+    fn delays_are_clamped() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let max = Duration::from_millis(60);
+        for _ in 0..10_000 {
+            assert!(sample_delay(&mut rng, Duration::from_millis(50), max) <= max);
+        }
+        assert_eq!(sample_delay(&mut rng, Duration::ZERO, max), Duration::ZERO);
+    }
+
+    #[test]
+    fn poisson_rate_is_right_and_zero_rate_never_fires() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        assert!(next_poisson_interval(&mut rng, 0.0).is_none());
+        assert!(next_poisson_interval(&mut rng, f64::NAN).is_none());
+        let n = 100_000;
+        let total: f64 = (0..n)
+            .map(|_| next_poisson_interval(&mut rng, 20.0).unwrap().as_secs_f64())
+            .sum();
+        let rate = n as f64 / total;
+        assert!((rate - 20.0).abs() < 0.5, "rate {rate}");
+    }
+
+    #[test]
+    fn path_choice_is_uniform_per_layer() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let sizes = [3usize, 5, 2];
+        let mut counts = [[0u32; 5]; 3];
+        let mut out = [0usize; 3];
+        let n = 60_000;
+        for _ in 0..n {
+            choose_per_layer(&mut rng, &sizes, &mut out).unwrap();
+            for (l, &i) in out.iter().enumerate() {
+                counts[l][i] += 1;
+            }
+        }
+        for (l, &size) in sizes.iter().enumerate() {
+            for &c in counts[l].iter().take(size) {
+                let expect = n as f64 / size as f64;
+                assert!((c as f64 - expect).abs() < expect * 0.05, "layer {l}: {c}");
+            }
+        }
+        assert!(choose_per_layer(&mut rng, &[1, 0, 1], &mut out).is_err());
+        assert!(choose_per_layer(&mut rng, &[1, 1], &mut out).is_err());
+    }
+
+    #[test]
+    fn schedule_interleaves_streams_at_their_rates() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut s = ClientSchedule::new(&mut rng, 10.0, 2.0, Duration::ZERO);
+        let (mut sends, mut loops) = (0, 0);
+        let mut last = Duration::ZERO;
+        while let Some((at, stream)) = s.pop(&mut rng) {
+            assert!(at >= last);
+            last = at;
+            if at > Duration::from_secs(1000) {
+                break;
+            }
+            match stream {
+                Stream::Send => sends += 1,
+                Stream::Loop => loops += 1,
+            }
+        }
+        assert!((sends as f64 / 1000.0 - 10.0).abs() < 0.5, "{sends}");
+        assert!((loops as f64 / 1000.0 - 2.0).abs() < 0.2, "{loops}");
+        let off = ClientSchedule::new(&mut rng, 0.0, 0.0, Duration::ZERO);
+        assert!(off.sends_immediately());
+        assert!(off.peek().is_none());
+    }
+
+    #[test]
+    fn send_tick_prefers_real() {
+        assert_eq!(on_send_tick(true), SendKind::Real);
+        assert_eq!(on_send_tick(false), SendKind::DropCover);
+    }
+
+    #[test]
+    fn epochs() {
+        assert_eq!(epoch_at(3599, 3600), 0);
+        assert_eq!(epoch_at(3600, 3600), 1);
+        assert_eq!(epoch_start(2, 3600), 7200);
+        assert_eq!(epoch_at(5, 0), 0);
+    }
+}
