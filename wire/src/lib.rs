@@ -6,6 +6,7 @@ mod error;
 pub mod frame;
 mod ids;
 mod keys;
+pub mod mailbox;
 pub mod packet;
 pub mod payload;
 pub mod policy;
