@@ -123,6 +123,9 @@ pub struct ContactRecord {
     pub inbox: OwnedQueue,
     /// When the relation was made, unix ms.
     pub created_ms: u64,
+    /// True while the name is a placeholder (`invite-N`) to be replaced by
+    /// the name the contact suggests in their hello.
+    pub provisional_name: bool,
 }
 
 impl std::fmt::Debug for ContactRecord {
@@ -727,6 +730,7 @@ mod tests {
                 owner_secret: [1; 32],
             },
             created_ms: 0,
+            provisional_name: false,
         };
         s.add_contact(&c).unwrap();
         assert!(matches!(
