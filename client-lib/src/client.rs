@@ -784,6 +784,17 @@ impl Client {
         }
     }
 
+    /// Messages still being sent (stored in the outbox, not all acknowledged).
+    pub fn outbox_pending(&self) -> Result<usize> {
+        Ok(self
+            .inner
+            .store
+            .out_messages()?
+            .iter()
+            .filter(|(_, m)| m.state == OutState::Sending)
+            .count())
+    }
+
     /// Packets waiting to be sent (not counting those in flight).
     pub fn pending_packets(&self) -> usize {
         self.inner.lock_state().ready.len()

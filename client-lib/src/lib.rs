@@ -8,6 +8,7 @@ pub mod identity;
 pub mod invite;
 mod links;
 pub mod mailbox_api;
+pub mod network;
 mod receive;
 pub mod seal;
 mod send;
