@@ -144,6 +144,13 @@ pub async fn start_authority_on(
     let loop_stop = stop.clone();
     tracker.spawn(async move { loop_auth.run(loop_stop).await });
     tracker.close();
+    if authority.set.threshold() < quorum(authority.n()) {
+        tracing::warn!(
+            k = authority.set.threshold(),
+            n = authority.n(),
+            "threshold is not a majority of the authorities: a minority could publish a document"
+        );
+    }
     tracing::info!(%addr, key = %me, n = authority.set.keys().len(), k = authority.set.threshold(), "directory authority started");
     Ok(AuthorityHandle {
         addr,
@@ -727,24 +734,49 @@ impl Authority {
             self.fetch_votes(x).await;
         }
 
-        // 3. Compute when every vote is in, or at the compute time with a quorum.
+        // 3. Compute when every vote is in, or at the compute time with a
+        // quorum. The votes are copied out so that verifying their
+        // descriptors does not hold the lock the HTTP handlers need.
         if published.is_none() {
-            let mut st = self.lock();
-            if let Some(round) = st.rounds.get_mut(&x)
-                && let Some(voted) = round.voted_ms
-            {
-                let compute_at = start
-                    .saturating_sub(l / 4)
-                    .max(voted.saturating_add(self.window_ms().min(l / 4)));
-                let all_in = round.votes.len() >= n;
-                let effective = round.effective();
-                let changed = round.candidate.as_ref().map(|(_, from)| from) != Some(&effective);
-                if (all_in || now >= compute_at)
-                    && effective.len() >= quorum(n)
-                    && changed
-                    && round.failed_for.as_ref() != Some(&effective)
-                {
-                    self.compute(round, x, effective);
+            let job = {
+                let st = self.lock();
+                st.rounds.get(&x).and_then(|round| {
+                    let voted = round.voted_ms?;
+                    let compute_at = start
+                        .saturating_sub(l / 4)
+                        .max(voted.saturating_add(self.window_ms().min(l / 4)));
+                    let all_in = round.votes.len() >= n;
+                    let effective = round.effective();
+                    let changed =
+                        round.candidate.as_ref().map(|(_, from)| from) != Some(&effective);
+                    ((all_in || now >= compute_at)
+                        && effective.len() >= quorum(n)
+                        && changed
+                        && round.failed_for.as_ref() != Some(&effective))
+                    .then(|| {
+                        (
+                            effective,
+                            round.decoded.values().cloned().collect::<Vec<_>>(),
+                        )
+                    })
+                })
+            };
+            if let Some((effective, votes)) = job {
+                let outcome = self.compute(x, &votes);
+                let mut st = self.lock();
+                if let Some(round) = st.rounds.get_mut(&x) {
+                    match outcome {
+                        Some(signed) => {
+                            // Same bytes as before (the new votes changed
+                            // nothing): keep the signatures collected.
+                            let signed = match round.candidate.take() {
+                                Some((old, _)) if old.body == signed.body => old,
+                                _ => signed,
+                            };
+                            round.candidate = Some((signed, effective));
+                        }
+                        None => round.failed_for = Some(effective),
+                    }
                 }
             }
         }
@@ -849,15 +881,15 @@ impl Authority {
         }
     }
 
-    fn compute(&self, round: &mut Round, x: u64, effective: BTreeSet<IdentityKey>) {
-        let votes: Vec<Vote> = round.decoded.values().cloned().collect();
-        let doc = match consensus::compute(x, &votes, self.n(), self.cfg.epoch_secs) {
+    /// Computes and signs the document for `x` from `votes`; `None` (logged
+    /// and counted) if there is none.
+    fn compute(&self, x: u64, votes: &[Vote]) -> Option<SignedConsensus> {
+        let doc = match consensus::compute(x, votes, self.n(), self.cfg.epoch_secs) {
             Ok(doc) => doc,
             Err(e) => {
                 self.metrics.compute_failures.inc();
                 tracing::warn!(epoch = x, error = %e, "could not compute a consensus");
-                round.failed_for = Some(effective);
-                return;
+                return None;
             }
         };
         if doc.params != self.params {
@@ -870,14 +902,8 @@ impl Authority {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "could not sign a consensus");
-                return;
+                return None;
             }
-        };
-        // Same bytes as before (the new votes changed nothing): keep the
-        // signatures already collected.
-        let signed = match round.candidate.take() {
-            Some((old, _)) if old.body == signed.body => old,
-            _ => signed,
         };
         self.metrics.documents_computed.inc();
         tracing::info!(
@@ -887,7 +913,7 @@ impl Authority {
             votes = votes.len(),
             "computed and signed a consensus"
         );
-        round.candidate = Some((signed, effective));
+        Some(signed)
     }
 
     fn count_valid(&self, doc: &SignedConsensus) -> usize {
