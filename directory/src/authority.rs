@@ -632,12 +632,16 @@ impl Authority {
     // ------------------------------------------------------------ protocol
 
     async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let mut interval = tokio::time::interval(self.cfg.tick());
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let slow = self.cfg.tick();
+        // While a round is between its vote and its publication, step
+        // faster: each step waits on the peers' previous one, so this is
+        // what makes a bootstrap document appear within seconds.
+        let fast = slow.min(Duration::from_millis(100));
         loop {
+            let wait = if self.round_in_progress() { fast } else { slow };
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = interval.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -645,6 +649,17 @@ impl Authority {
             }
         }
         tracing::info!("directory authority stopped");
+    }
+
+    /// True if a round voted in the last 30 s is not published yet (after
+    /// that, a stuck round waits for peers at the normal pace).
+    fn round_in_progress(&self) -> bool {
+        let now = now_ms(self.clock.as_ref());
+        let st = self.lock();
+        st.rounds.iter().any(|(x, r)| {
+            r.voted_ms.is_some_and(|v| now.saturating_sub(v) < 30_000)
+                && !st.published.contains_key(x)
+        })
     }
 
     async fn tick(&self) {

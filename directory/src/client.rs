@@ -470,7 +470,7 @@ pub fn spawn_follower(
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
 /// The follower re-reads the clock at least this often (so a clock that
 /// jumps, or a suspended machine, is noticed).
 const MAX_SLEEP: Duration = Duration::from_millis(250);

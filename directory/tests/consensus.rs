@@ -125,3 +125,65 @@ async fn a_single_authority_works() {
     assert_eq!(cur.body, doc.signed().body);
     net.shutdown().await;
 }
+
+/// The devnet case with default timing: three authorities with one-hour
+/// epochs, nodes registering right after they start, and a follower that
+/// must get a routable document within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devnet_bootstrap_with_one_hour_epochs_and_default_timing() {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let keys: Vec<_> = (0..3u8).map(|i| key(40 + i)).collect();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let clock = Arc::new(murmur_directory::clock::SystemClock);
+    let mut handles = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let mut cfg = murmur_directory::AuthorityConfig::new(dirs[i].path());
+        cfg.threshold = 2;
+        cfg.peers = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| murmur_directory::config::PeerConfig {
+                addr: addrs[j],
+                key: ident(&keys[j]).to_base58(),
+            })
+            .collect();
+        handles.push(
+            murmur_directory::start_authority_on(
+                listener,
+                cfg,
+                keys[i].clone(),
+                clock.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let client = murmur_directory::DirectoryClient::new(
+        handles.iter().map(|h| h.endpoint()).collect(),
+        2,
+        murmur_directory::http::HttpClient::new(Duration::from_secs(2)),
+    )
+    .unwrap();
+    let now = murmur_directory::clock::Clock::now_secs(clock.as_ref());
+    let e = now / 3600;
+    for d in network_descriptors(e, now) {
+        assert!(client.upload_descriptor(&d).await.all_accepted());
+    }
+    let watch = spawn_follower(client.clone(), clock.clone(), shutdown.clone());
+    let doc = eventually(20, "a routable bootstrap document", || async {
+        watch.current().filter(|d| d.is_routable())
+    })
+    .await;
+    // (The hour may have turned meanwhile.)
+    assert!(doc.epoch() >= e);
+    assert!(doc.signed().signatures.len() >= 2);
+    shutdown.cancel();
+    for h in handles {
+        h.wait().await;
+    }
+}
