@@ -22,6 +22,7 @@ use murmur_wire::{
     SignedVote, VerifiedDescriptor, Vote,
 };
 use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -160,6 +161,13 @@ pub async fn start_authority_on(
     })
 }
 
+/// The value of `name` in a URL query string (`a=1&b=2`).
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
 fn now_ms(clock: &dyn Clock) -> u64 {
     u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX)
 }
@@ -231,6 +239,28 @@ impl Round {
             self.decoded.insert(vote.authority, vote);
         }
         true
+    }
+
+    /// A digest of every vote held (own and peers', equivocators' pairs
+    /// included), hex: two authorities with equal digests hold the same votes.
+    fn digest(&self) -> String {
+        let mut hashes: Vec<[u8; 32]> = self
+            .votes
+            .values()
+            .flatten()
+            .map(|v| {
+                let mut h = Sha256::new();
+                h.update(&v.body);
+                h.update(v.signature.0);
+                h.finalize().into()
+            })
+            .collect();
+        hashes.sort_unstable();
+        let mut h = Sha256::new();
+        for x in &hashes {
+            h.update(x);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     fn effective(&self) -> BTreeSet<IdentityKey> {
@@ -379,7 +409,7 @@ impl Authority {
                 ),
             },
             (Method::GET, ["v1", "votes", epoch]) => match epoch.parse::<u64>() {
-                Ok(x) => self.get_votes(x),
+                Ok(x) => self.get_votes(x, query_param(req.uri().query(), "have")),
                 Err(_) => h::text(StatusCode::BAD_REQUEST, "epoch must be a number"),
             },
             (Method::GET, ["v1", "candidate", epoch]) => match epoch.parse::<u64>() {
@@ -465,11 +495,15 @@ impl Authority {
         }
     }
 
-    fn get_votes(&self, x: u64) -> HttpResponse {
+    fn get_votes(&self, x: u64, have: Option<&str>) -> HttpResponse {
         let st = self.lock();
         let Some(round) = st.rounds.get(&x).filter(|r| r.voted_ms.is_some()) else {
             return h::text(StatusCode::NOT_FOUND, format!("no vote for epoch {x} yet"));
         };
+        // The asker already holds exactly these votes: nothing to send.
+        if have.is_some_and(|d| d == round.digest()) {
+            return h::response(StatusCode::NO_CONTENT, POSTCARD, Bytes::new());
+        }
         // Own vote first, then every peer vote held (relayed, so that an
         // authority that cannot reach a peer still learns its vote).
         let mut all: Vec<SignedVote> = round.votes.get(&self.me).cloned().unwrap_or_default();
@@ -733,11 +767,15 @@ impl Authority {
                     self.vote(&mut st, x, now);
                 }
             }
-            let need_votes = published.is_none()
-                && st
-                    .rounds
-                    .get(&x)
-                    .is_some_and(|r| r.voted_ms.is_some() && r.votes.len() < n);
+            // Until publication, keep comparing vote sets with every peer
+            // (cheap when they are equal: the digest matches and nothing is
+            // sent): this is how a vote that differs per asker — an
+            // equivocation — is found even once all n votes are held.
+            let need_votes = st
+                .rounds
+                .get(&x)
+                .filter(|r| published.is_none() && r.voted_ms.is_some())
+                .map(Round::digest);
             (need_votes, published)
         };
         if published.is_some_and(|sigs| sigs >= n) {
@@ -745,8 +783,8 @@ impl Authority {
         }
 
         // 2. Fetch the votes we lack (from every peer: they relay).
-        if need_votes {
-            self.fetch_votes(x).await;
+        if let Some(digest) = need_votes {
+            self.fetch_votes(x, &digest).await;
         }
 
         // 3. Compute when every vote is in, or at the compute time with a
@@ -835,8 +873,8 @@ impl Authority {
         round.insert_vote(&self.metrics, signed, vote);
     }
 
-    async fn fetch_votes(&self, x: u64) {
-        let path = format!("/v1/votes/{x}");
+    async fn fetch_votes(&self, x: u64, digest: &str) {
+        let path = format!("/v1/votes/{x}?have={digest}");
         let fetches = self.peers.iter().map(|p| {
             let path = path.clone();
             async move { (p, self.http.get(p.addr, &path, self.vote_limit).await) }
@@ -854,8 +892,9 @@ impl Authority {
                     }
                 },
                 Ok((status, _)) => {
-                    // 404 before the peer has voted is normal.
-                    if status != StatusCode::NOT_FOUND {
+                    // 404 before the peer has voted is normal; 204: it
+                    // holds the same votes as we do.
+                    if status != StatusCode::NOT_FOUND && status != StatusCode::NO_CONTENT {
                         self.metrics.vote_fetches_failed.inc();
                     }
                     continue;

@@ -322,3 +322,87 @@ async fn the_client_refuses_wrong_epoch_and_expired_documents() {
     );
     net.shutdown().await;
 }
+
+/// An authority that shows different votes to different peers (the first
+/// asker sees one that lists an extra node, everyone after sees an empty
+/// one) is caught: the pair is relayed, both votes are ignored, and the
+/// honest authorities agree without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equivocating_authority_is_caught_and_ignored() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let (clock, e) = clock_at(1_000);
+    let mut net = Net::start(3, 2, clock.clone()).await;
+    net.stop(2).await;
+    let rogue_key = net.keys[2].clone();
+    let nodes = network_descriptors(e, net.now());
+    // A node only authority 0 knows about: listed only if the rogue's
+    // first vote counts.
+    let extra = descriptor(200, murmur_wire::Role::Mix, 29_000, e, 3, net.now());
+    let mut first_vote = nodes.clone();
+    first_vote.push(extra.clone());
+    let asked = Arc::new(AtomicUsize::new(0));
+    let handler = move |req: Request<Incoming>| {
+        let key = rogue_key.clone();
+        let first_vote = first_vote.clone();
+        let asked = asked.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+            let epoch = parts.get(2).and_then(|p| p.parse::<u64>().ok());
+            match (parts.get(1), epoch) {
+                (Some(&"votes"), Some(epoch)) => {
+                    let descriptors = if asked.fetch_add(1, Ordering::SeqCst) == 0 {
+                        first_vote
+                    } else {
+                        vec![]
+                    };
+                    let vote = Vote {
+                        version: 1,
+                        epoch,
+                        authority: ident(&key),
+                        params: common_params(),
+                        descriptors,
+                    };
+                    let v = vec![SignedVote::sign(&vote, &key).unwrap()];
+                    h::response(StatusCode::OK, POSTCARD, postcard::to_stdvec(&v).unwrap())
+                }
+                _ => h::text(StatusCode::NOT_FOUND, "no"),
+            }
+        }
+    };
+    h::spawn_server(
+        net.addrs[2],
+        handler,
+        ServerLimits::default(),
+        net.shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let client = net.client();
+    for d in &nodes {
+        assert_eq!(client.upload_descriptor(d).await.accepted.len(), 2);
+    }
+    let http = HttpClient::new(Duration::from_secs(2));
+    let (status, _) = http
+        .post(
+            net.addrs[0],
+            "/v1/descriptors",
+            POSTCARD,
+            extra.to_bytes().unwrap().into(),
+            1024,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+
+    let docs = all_serve(&net.addrs[..2], e, 2).await;
+    assert_eq!(docs[0].body, docs[1].body);
+    let doc = client.fetch(e, net.now()).await.unwrap();
+    assert_eq!(doc.layers().iter().map(Vec::len).sum::<usize>(), 9);
+    assert!(doc.node(&ident(&key(200)).node_id()).is_none());
+    for a in &net.addrs[..2] {
+        assert!(metric(*a, "murmur_directory_equivocations_total").await >= 1.0);
+    }
+    net.shutdown().await;
+}
