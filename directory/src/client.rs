@@ -459,7 +459,10 @@ pub fn spawn_follower(
             retry_at_ms: 0,
         };
         loop {
-            let wait = f.step().await;
+            let wait = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                wait = f.step() => wait,
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}

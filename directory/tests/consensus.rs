@@ -95,6 +95,17 @@ async fn three_authorities_agree_on_successive_epochs() {
     let again = served(net.addrs[0], e).await.unwrap();
     assert_eq!(again.body, docs_body(&net, e).await);
     net.shutdown().await;
+    // The follower stops with its shutdown token, and says so.
+    let stopped = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Err(e) = watch.changed().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(matches!(stopped, murmur_directory::Error::FollowerStopped));
 }
 
 async fn docs_body(net: &Net, e: u64) -> Vec<u8> {
