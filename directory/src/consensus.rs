@@ -327,6 +327,45 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Any votes, in any order, give the same bytes; every listed node
+        /// has a majority; layers are balanced.
+        #[test]
+        fn compute_is_order_independent_and_majority_based(
+            n in 1usize..6,
+            listing in proptest::collection::vec(proptest::collection::vec(proptest::bool::ANY, 12), 6),
+            rotate in 0usize..6,
+        ) {
+            let all: Vec<SignedDescriptor> = (0..12u8)
+                .map(|i| desc(i + 1, if i < 9 { Role::Mix } else { Role::Mailbox }, 3000 + u16::from(i), 5))
+                .collect();
+            let votes: Vec<Vote> = (0..n)
+                .map(|a| {
+                    let ds = all.iter().zip(&listing[a]).filter(|(_, l)| **l).map(|(d, _)| d.clone()).collect();
+                    vote(a as u8 + 1, ds)
+                })
+                .collect();
+            let mut turned = votes.clone();
+            turned.rotate_left(rotate % n);
+            let a = compute(10, &votes, n, 60);
+            let b = compute(10, &turned, n, 60);
+            proptest::prop_assert_eq!(&a, &b);
+            let doc = a.unwrap();
+            let support = |id: &murmur_wire::IdentityKey| {
+                (0..n).filter(|v| all.iter().zip(&listing[*v]).any(|(d, l)| *l && d.verify().unwrap().descriptor().identity == *id)).count()
+            };
+            for m in &doc.mixes {
+                proptest::prop_assert!(support(&m.identity) >= quorum(n));
+            }
+            for m in &doc.mailboxes {
+                proptest::prop_assert!(support(&m.identity) >= quorum(n));
+            }
+            let sizes: Vec<usize> = (0..3u8).map(|l| doc.mixes.iter().filter(|m| m.layer == l).count()).collect();
+            proptest::prop_assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+        }
+    }
+
     #[test]
     fn layers_are_balanced_and_deterministic() {
         let ds: Vec<_> = (1..=10)
