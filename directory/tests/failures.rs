@@ -406,3 +406,25 @@ async fn an_equivocating_authority_is_caught_and_ignored() {
     }
     net.shutdown().await;
 }
+
+/// A misconfigured authority (other network parameters) is outvoted: all
+/// three sign the majority's document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misconfigured_authority_is_outvoted() {
+    let (clock, e) = clock_at(1_000);
+    let net = Net::start_with(3, 2, clock, |i, cfg| {
+        if i == 2 {
+            cfg.params.mean_delay_ms = 999;
+        }
+    })
+    .await;
+    let client = net.client();
+    for d in network_descriptors(e, net.now()) {
+        assert!(client.upload_descriptor(&d).await.all_accepted());
+    }
+    let docs = all_serve(&net.addrs, e, 3).await;
+    assert!(docs.windows(2).all(|w| w[0] == w[1]));
+    let doc = client.fetch(e, net.now()).await.unwrap();
+    assert_eq!(doc.params(), &common_params());
+    net.shutdown().await;
+}

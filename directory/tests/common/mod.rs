@@ -122,6 +122,16 @@ pub struct Net {
 impl Net {
     /// Starts `n` authorities (threshold `k`) on loopback sharing `clock`.
     pub async fn start(n: usize, k: usize, clock: OffsetClock) -> Self {
+        Self::start_with(n, k, clock, |_, _| {}).await
+    }
+
+    /// Like `start`, letting `tweak(i, config)` change authority i's config.
+    pub async fn start_with(
+        n: usize,
+        k: usize,
+        clock: OffsetClock,
+        tweak: impl Fn(usize, &mut AuthorityConfig),
+    ) -> Self {
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for _ in 0..n {
@@ -145,6 +155,7 @@ impl Net {
                     key: ident(&keys[j]).to_base58(),
                 })
                 .collect();
+            tweak(i, &mut cfg);
             let h = start_authority_on(
                 listener,
                 cfg.clone(),
