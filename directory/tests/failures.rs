@@ -428,3 +428,28 @@ async fn a_misconfigured_authority_is_outvoted() {
     assert_eq!(doc.params(), &common_params());
     net.shutdown().await;
 }
+
+/// An authority that was down across a boundary catches up on restart:
+/// it votes for the current epoch, computes the same document as the
+/// others, and adds its signature to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_restarted_after_a_boundary_catches_up() {
+    let (clock, e) = clock_at(1_000);
+    let mut net = Net::start(3, 2, clock.clone()).await;
+    let client = net.client();
+    for d in network_descriptors(e, net.now()) {
+        assert!(client.upload_descriptor(&d).await.all_accepted());
+    }
+    all_serve(&net.addrs, e, 3).await;
+    net.stop(2).await;
+    set_time_ms(&clock, at(e + 1, -14_000));
+    all_serve(&net.addrs[..2], e + 1, 2).await;
+    // Past the boundary, authority 2 comes back with its data directory.
+    set_time_ms(&clock, at(e + 1, 2_000));
+    net.restart(2).await;
+    let docs = all_serve(&net.addrs, e + 1, 3).await;
+    assert!(docs.windows(2).all(|w| w[0] == w[1]));
+    let (status, _) = get(net.addrs[2], "/v1/consensus/current").await;
+    assert_eq!(status, 200);
+    net.shutdown().await;
+}
