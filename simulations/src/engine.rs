@@ -6,8 +6,7 @@
 //! in which they were scheduled, so a run is a pure function of its
 //! parameters and seed.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use murmur_wire::policy::{self, ClientSchedule, SendKind, Stream};
@@ -46,10 +45,10 @@ fn duration_ns(d: Duration) -> u64 {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    /// A client's schedule fires (send stream or loop stream).
-    Tick,
-    /// A client creates a real message.
-    Message,
+    /// A client's next event: a send or loop tick of its schedule, or the
+    /// creation of a real message, whichever is first (one queue entry per
+    /// client keeps the queue small).
+    Client,
     /// A packet reaches its next hop (a mix, or its provider).
     Arrive,
     /// A packet leaves the mix it is in.
@@ -67,34 +66,81 @@ struct Event {
     kind: Kind,
 }
 
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        self.at == other.at && self.seq == other.seq
-    }
-}
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Event {
-    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest event.
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .at
-            .cmp(&self.at)
-            .then_with(|| other.seq.cmp(&self.seq))
+impl Event {
+    /// Whether `self` comes before `other`: by time, then by the order in
+    /// which they were scheduled.
+    #[inline]
+    fn before(&self, other: &Event) -> bool {
+        (self.at, self.seq) < (other.at, other.seq)
     }
 }
 
-/// The event queue: a binary heap, plus a FIFO for events that are always
+/// A 4-ary min-heap of events: half the depth of a binary heap, and a
+/// node's children share cache lines, which matters once the heap outgrows
+/// the cache (large networks).
+#[derive(Default)]
+struct Heap {
+    v: Vec<Event>,
+}
+
+impl Heap {
+    const D: usize = 4;
+
+    fn push(&mut self, ev: Event) {
+        let mut i = self.v.len();
+        self.v.push(ev);
+        while i > 0 {
+            let parent = (i - 1) / Self::D;
+            if !ev.before(&self.v[parent]) {
+                break;
+            }
+            self.v[i] = self.v[parent];
+            i = parent;
+        }
+        self.v[i] = ev;
+    }
+
+    fn peek(&self) -> Option<&Event> {
+        self.v.first()
+    }
+
+    fn pop(&mut self) -> Option<Event> {
+        let last = self.v.pop()?;
+        if self.v.is_empty() {
+            return Some(last);
+        }
+        let top = self.v[0];
+        let n = self.v.len();
+        let mut i = 0;
+        loop {
+            let first = i * Self::D + 1;
+            if first >= n {
+                break;
+            }
+            let mut best = first;
+            for c in first + 1..(first + Self::D).min(n) {
+                if self.v[c].before(&self.v[best]) {
+                    best = c;
+                }
+            }
+            if !self.v[best].before(&last) {
+                break;
+            }
+            self.v[i] = self.v[best];
+            i = best;
+        }
+        self.v[i] = last;
+        Some(top)
+    }
+}
+
+/// The event queue: a heap, plus a FIFO for events that are always
 /// scheduled a fixed time ahead (arrivals over fixed-latency links), which
 /// are then already in order. Popping takes the earlier of the two heads by
 /// (time, sequence), so the order is exactly that of a single heap.
 #[derive(Default)]
 struct Queue {
-    heap: BinaryHeap<Event>,
+    heap: Heap,
     fifo: VecDeque<Event>,
     seq: u64,
 }
@@ -123,8 +169,7 @@ impl Queue {
 
     fn pop(&mut self) -> Option<Event> {
         match (self.heap.peek(), self.fifo.front()) {
-            // `Ord` is reversed: the greater event is the earlier one.
-            (Some(h), Some(f)) if f > h => self.fifo.pop_front(),
+            (Some(h), Some(f)) if f.before(h) => self.fifo.pop_front(),
             (Some(_), _) => self.heap.pop(),
             (None, _) => self.fifo.pop_front(),
         }
@@ -205,6 +250,8 @@ struct Target {
 
 struct Client {
     schedule: ClientSchedule,
+    /// When the next real message is created, ns (`u64::MAX`: never).
+    next_message: u64,
     /// Creation times of real messages waiting for a send tick.
     outbox: VecDeque<u64>,
     provider: u16,
@@ -389,18 +436,15 @@ impl World {
             );
             // Parameters are checked: providers <= u16::MAX + 1 fits after `%`.
             let provider = (c % params.providers) as u16;
-            let idx = c as u32;
-            if let Some((at, _)) = schedule.peek() {
-                world.queue.push(duration_ns(at), Kind::Tick, idx);
-            }
-            if let Some(d) = policy::next_poisson_interval(&mut world.rng, params.rate) {
-                world.queue.push(duration_ns(d), Kind::Message, idx);
-            }
+            let next_message = policy::next_poisson_interval(&mut world.rng, params.rate)
+                .map_or(u64::MAX, duration_ns);
             world.clients.push(Client {
                 schedule,
+                next_message,
                 outbox: VecDeque::new(),
                 provider,
             });
+            world.schedule_client(c as u32);
         }
         world.queue.push(0, Kind::Sample, 0);
         Ok(world)
@@ -416,8 +460,7 @@ impl World {
             self.now = ev.at;
             self.out.counters.events += 1;
             match ev.kind {
-                Kind::Tick => self.on_tick(ev.idx)?,
-                Kind::Message => self.on_message(ev.idx)?,
+                Kind::Client => self.on_client(ev.idx)?,
                 Kind::Arrive => self.on_arrive(ev.idx),
                 Kind::Depart => self.on_depart(ev.idx),
                 Kind::Sample => self.on_sample(),
@@ -471,14 +514,37 @@ impl World {
         }
     }
 
+    fn next_tick(&self, c: u32) -> u64 {
+        self.clients[c as usize]
+            .schedule
+            .peek()
+            .map_or(u64::MAX, |(at, _)| duration_ns(at))
+    }
+
+    /// Puts client `c`'s next event (tick or message) on the queue.
+    fn schedule_client(&mut self, c: u32) {
+        let at = self.next_tick(c).min(self.clients[c as usize].next_message);
+        if at != u64::MAX {
+            self.queue.push(at, Kind::Client, c);
+        }
+    }
+
+    fn on_client(&mut self, c: u32) -> Result<()> {
+        // A message created at the instant of a tick goes out on that tick.
+        let result = if self.clients[c as usize].next_message <= self.next_tick(c) {
+            self.on_message(c)
+        } else {
+            self.on_tick(c)
+        };
+        self.schedule_client(c);
+        result
+    }
+
     fn on_tick(&mut self, c: u32) -> Result<()> {
         let client = &mut self.clients[c as usize];
         let Some((_, stream)) = client.schedule.pop(&mut self.rng) else {
             return Ok(());
         };
-        if let Some((next, _)) = client.schedule.peek() {
-            self.queue.push(duration_ns(next), Kind::Tick, c);
-        }
         match stream {
             Stream::Send => match policy::on_send_tick(!client.outbox.is_empty()) {
                 SendKind::Real => {
@@ -511,10 +577,8 @@ impl World {
         if !immediate {
             client.outbox.push_back(now);
         }
-        if let Some(d) = policy::next_poisson_interval(&mut self.rng, self.rate) {
-            self.queue
-                .push(now.saturating_add(duration_ns(d)), Kind::Message, c);
-        }
+        client.next_message = policy::next_poisson_interval(&mut self.rng, self.rate)
+            .map_or(u64::MAX, |d| now.saturating_add(duration_ns(d)));
         if immediate {
             let class = self.real_class(now);
             self.send(c, class, now)?;
@@ -797,13 +861,31 @@ mod tests {
     #[test]
     fn queue_pops_in_time_then_schedule_order_across_heap_and_fifo() {
         let mut q = Queue::default();
-        q.push(5, Kind::Tick, 1);
+        q.push(5, Kind::Client, 1);
         q.push_fifo(3, Kind::Arrive, 2);
         q.push(3, Kind::Depart, 3);
         q.push_fifo(5, Kind::Arrive, 4);
-        q.push(1, Kind::Message, 5);
+        q.push(1, Kind::Client, 5);
         let order: Vec<u32> = std::iter::from_fn(|| q.pop()).map(|e| e.idx).collect();
         assert_eq!(order, vec![5, 2, 3, 1, 4]);
+    }
+
+    #[test]
+    fn heap_sorts_like_a_sort() {
+        use rand::RngExt;
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let mut q = Queue::default();
+        let mut want = Vec::new();
+        for i in 0..5000u32 {
+            let at = rng.random_range(0..500u64);
+            q.push(at, Kind::Depart, i);
+            want.push((at, i));
+        }
+        want.sort();
+        let got: Vec<(u64, u32)> = std::iter::from_fn(|| q.pop())
+            .map(|e| (e.at, e.idx))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -24,7 +24,8 @@ const COLOURS: &[RGBColor] = &[
     RGBColor(0, 0, 0),
 ];
 
-const SIZE: (u32, u32) = (900, 560);
+const SIZE: (u32, u32) = (1000, 560);
+const LEGEND_WIDTH: u32 = 230;
 const FONT: &str = "sans-serif";
 
 /// One line on a chart.
@@ -62,11 +63,23 @@ fn short(key: &str) -> &'static str {
         "cover_rate" => "λ",
         "loop_rate" => "λ_L",
         "mean_delay" => "μ",
-        "rate" => "rate",
+        "rate" => "msg rate",
         "compromised" => "compromised",
         "link_delay" => "link",
+        "max_delay" => "max delay",
         _ => param_info(key).map_or("?", |i| i.flag),
     }
+}
+
+/// `μ=0.05 s`, `λ=2/s`, `L=3`.
+fn short_value(p: &Params, key: &str) -> String {
+    let v = p.get(key).unwrap_or_default();
+    let unit = match key {
+        "rate" | "cover_rate" | "loop_rate" => "/s",
+        "mean_delay" | "max_delay" | "link_delay" => " s",
+        _ => "",
+    };
+    format!("{}={v}{unit}", short(key))
 }
 
 /// The fixed parameters worth naming in a title.
@@ -79,15 +92,15 @@ fn fixed_summary(p: &Params, swept: &[SweepAxis]) -> String {
         "clients",
         "cover_rate",
         "loop_rate",
+        "rate",
         "mean_delay",
+        "link_delay",
         "compromised",
     ] {
         if is_swept(key) || (key == "compromised" && p.compromised == 0.0) {
             continue;
         }
-        if let Some(v) = p.get(key) {
-            parts.push(format!("{}={}", short(key), v));
-        }
+        parts.push(short_value(p, key));
     }
     parts.join(", ")
 }
@@ -145,9 +158,11 @@ fn draw(path: &Path, title: &str, x_label: &str, y_label: &str, lines: &[Line]) 
     let (y0, y1) = span(&ys, true);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FONT, 22))
-        .margin(20)
+    let root = root.titled(title, (FONT, 21)).map_err(|e| plot_err(&e))?;
+    // The legend gets its own panel on the right, so it never hides data.
+    let (left, right) = root.split_horizontally(SIZE.0 - LEGEND_WIDTH);
+    let mut chart = ChartBuilder::on(&left)
+        .margin(15)
         .x_label_area_size(55)
         .y_label_area_size(75)
         .build_cartesian_2d(x0..x1, y0..y1)
@@ -158,8 +173,8 @@ fn draw(path: &Path, title: &str, x_label: &str, y_label: &str, lines: &[Line]) 
         .y_desc(y_label)
         .label_style((FONT, 15))
         .axis_desc_style((FONT, 18))
-        .light_line_style(RGBColor(235, 235, 235))
-        .bold_line_style(RGBColor(210, 210, 210))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(225, 225, 225))
         .draw()
         .map_err(|e| plot_err(&e))?;
     for line in lines {
@@ -174,11 +189,7 @@ fn draw(path: &Path, title: &str, x_label: &str, y_label: &str, lines: &[Line]) 
         if line.dashed {
             chart
                 .draw_series(DashedLineSeries::new(pts.clone(), 9, 5, style))
-                .map_err(|e| plot_err(&e))?
-                .label(line.label.clone())
-                .legend(move |(x, y)| {
-                    DashedPathElement::new(vec![(x, y), (x + 24, y)], 6, 3, colour.stroke_width(2))
-                });
+                .map_err(|e| plot_err(&e))?;
             chart
                 .draw_series(
                     pts.iter()
@@ -188,24 +199,35 @@ fn draw(path: &Path, title: &str, x_label: &str, y_label: &str, lines: &[Line]) 
         } else {
             chart
                 .draw_series(LineSeries::new(pts.clone(), style))
-                .map_err(|e| plot_err(&e))?
-                .label(line.label.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2))
-                });
+                .map_err(|e| plot_err(&e))?;
             chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 4, colour.filled())))
                 .map_err(|e| plot_err(&e))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(120, 120, 120))
-        .label_font((FONT, 15))
-        .draw()
-        .map_err(|e| plot_err(&e))?;
+    for (i, line) in lines.iter().enumerate() {
+        let y = 40 + 26 * i as i32;
+        let style = line.colour.stroke_width(2);
+        let draw_err = |e: &dyn std::fmt::Display| plot_err(e);
+        if line.dashed {
+            right
+                .draw(&DashedPathElement::new(vec![(5, y), (37, y)], 7, 4, style))
+                .map_err(|e| draw_err(&e))?;
+            right
+                .draw(&TriangleMarker::new((21, y), 5, line.colour.filled()))
+                .map_err(|e| draw_err(&e))?;
+        } else {
+            right
+                .draw(&PathElement::new(vec![(5, y), (37, y)], style))
+                .map_err(|e| draw_err(&e))?;
+            right
+                .draw(&Circle::new((21, y), 4, line.colour.filled()))
+                .map_err(|e| draw_err(&e))?;
+        }
+        right
+            .draw(&Text::new(line.label.clone(), (45, y - 7), (FONT, 15)))
+            .map_err(|e| draw_err(&e))?;
+    }
     root.present().map_err(|e| plot_err(&e))?;
     Ok(())
 }
@@ -228,7 +250,7 @@ fn span(vs: &[f64], from_zero: bool) -> (f64, f64) {
     } else {
         lo - pad
     };
-    (lo, hi + pad * 2.5)
+    (lo, hi + pad)
 }
 
 /// Draws `latency.svg` and `entropy.svg` for a sweep into `dir`; returns
@@ -301,7 +323,7 @@ pub fn plot_sweep(reports: &[Report], axes: &[SweepAxis], dir: &Path) -> Result<
     let entropy_path = dir.join("entropy.svg");
     draw(
         &entropy_path,
-        &format!("Sender-to-output entropy vs {x_name} ({fixed})"),
+        &format!("Anonymity vs {x_name} ({fixed})"),
         &x_label,
         "entropy over delivered packets (bits)",
         &entropy_lines,

@@ -237,7 +237,7 @@ pub const METRIC_COLUMNS: &[&str] = &[
     "entropy_min",
     "entropy_p5",
     "entropy_p50",
-    "targets",
+    "targets_finished",
     "targets_unfinished",
     "mix_entropy_mean",
     "mean_pool",
