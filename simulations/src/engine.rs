@@ -269,6 +269,7 @@ pub(crate) struct Collected {
     pub entropies: Vec<f64>,
     pub targets_started: usize,
     pub targets_unfinished: usize,
+    pub max_truncated: f64,
     pub measured_undelivered: u64,
     pub sample_times: Vec<f64>,
     pub samples: Vec<u32>,
@@ -416,6 +417,7 @@ impl World {
                 entropies: Vec::with_capacity(params.targets),
                 targets_started: 0,
                 targets_unfinished: 0,
+                max_truncated: 0.0,
                 measured_undelivered: 0,
                 sample_times: Vec::new(),
                 samples: Vec::new(),
@@ -835,6 +837,7 @@ impl World {
         t.active = false;
         let slot = t.slot as usize;
         self.out.entropies.push(t.h);
+        self.out.max_truncated = self.out.max_truncated.max(t.truncated);
         self.active_targets -= 1;
         self.slot_target[slot] = NONE;
         self.free_slots |= 1u64 << slot;

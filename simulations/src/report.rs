@@ -134,6 +134,9 @@ pub struct EntropyStats {
     pub p50: f64,
     /// Largest.
     pub max: f64,
+    /// The most probability mass any finished target lost to truncation
+    /// (shares below the cutoff, see the crate docs).
+    pub max_truncated: f64,
 }
 
 /// Averages over the mixes of one layer.
@@ -298,14 +301,16 @@ fn latency_stats(ns: &[u64]) -> LatencyStats {
     }
 }
 
-fn entropy_stats(raw: &[f64], started: usize, unfinished: usize) -> EntropyStats {
+fn entropy_stats(c: &Collected) -> EntropyStats {
+    let raw = &c.entropies;
     let mut xs = raw.to_vec();
     xs.sort_by(f64::total_cmp);
     let (mean, std) = mean_std(&xs);
     EntropyStats {
         targets: xs.len(),
-        started,
-        unfinished,
+        started: c.targets_started,
+        unfinished: c.targets_unfinished,
+        max_truncated: c.max_truncated,
         mean,
         std,
         min: xs.first().copied().unwrap_or(f64::NAN),
@@ -374,6 +379,7 @@ pub(crate) fn build(params: &Params, c: Collected, wall_seconds: f64) -> Report 
             f64::NAN
         },
     };
+    let anonymity = entropy_stats(&c);
     let mut counters = c.counters;
     counters.measured_undelivered = c.measured_undelivered;
     counters.end_time = c.end_time;
@@ -391,7 +397,7 @@ pub(crate) fn build(params: &Params, c: Collected, wall_seconds: f64) -> Report 
         },
         latency: latency_stats(&c.latencies),
         network_latency: latency_stats(&c.network_latencies),
-        anonymity: entropy_stats(&c.entropies, c.targets_started, c.targets_unfinished),
+        anonymity,
         layers,
         mixes,
         pool_series: PoolSeries {

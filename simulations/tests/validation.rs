@@ -205,6 +205,7 @@ fn outbox_wait_is_mm1_sojourn_time() {
     );
     assert_eq!(rep.counters.measured_undelivered, 0);
     assert_eq!(rep.anonymity.unfinished, 0);
+    assert!(rep.anonymity.max_truncated < 1e-6);
 }
 
 /// Danezis (2004): one exponential mix with Poisson arrivals at rate Λ and
