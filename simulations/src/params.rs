@@ -18,6 +18,13 @@ pub const MAX_WIDTH: usize = u16::MAX as usize;
 /// The most pool-size samples one run records.
 pub const MAX_SAMPLES: usize = 100_000;
 
+/// The most mixes (`L × W`) a network may have (each holds a slot of
+/// probability mass per concurrently followed target).
+pub const MAX_MIXES: usize = 100_000;
+
+/// The most pool sizes (samples × mixes) one run records.
+pub const MAX_POOL_RECORDS: usize = 20_000_000;
+
 /// The longest simulated duration, seconds (virtual time is kept in
 /// nanoseconds in a `u64`; this leaves a wide margin).
 pub const MAX_DURATION: f64 = 1.0e7;
@@ -413,6 +420,12 @@ impl Params {
         if !(1..=MAX_WIDTH).contains(&self.width) {
             return Err(invalid("width", &format!("must be in 1..={MAX_WIDTH}")));
         }
+        if self.mixes() > MAX_MIXES {
+            return Err(invalid(
+                "width",
+                &format!("layers × width must be at most {MAX_MIXES}"),
+            ));
+        }
         if !(1..=MAX_WIDTH).contains(&self.providers) {
             return Err(invalid("providers", &format!("must be in 1..={MAX_WIDTH}")));
         }
@@ -459,6 +472,12 @@ impl Params {
             return Err(invalid(
                 "sample_interval",
                 &format!("must be positive, with at most {MAX_SAMPLES} samples per run"),
+            ));
+        }
+        if (self.duration / interval).ceil() * self.mixes() as f64 > MAX_POOL_RECORDS as f64 {
+            return Err(invalid(
+                "sample_interval",
+                &format!("samples × mixes must be at most {MAX_POOL_RECORDS}: sample less often"),
             ));
         }
         Ok(())
@@ -561,6 +580,7 @@ mod tests {
             ("warmup", "60"),
             ("compromised", "1.5"),
             ("sample-interval", "0"),
+            ("width", "40000"),
         ];
         for (k, v) in cases {
             let mut p = Params::default();

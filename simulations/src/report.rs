@@ -496,6 +496,21 @@ impl fmt::Display for Report {
                 bits(l.mean_entropy)
             )?;
         }
+        if self.mixes.len() <= 32 {
+            for m in &self.mixes {
+                writeln!(
+                    f,
+                    "  mix {}.{}{}: mean pool {:.1}, {:.0} arrivals/s, entropy {} bits ({} probes)",
+                    m.layer,
+                    m.index,
+                    if m.compromised { " (compromised)" } else { "" },
+                    m.mean_pool,
+                    m.arrival_rate,
+                    bits(m.entropy_mean),
+                    m.probes
+                )?;
+            }
+        }
         let c = &self.counters;
         writeln!(
             f,
