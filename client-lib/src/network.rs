@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_directory::client::{AuthorityEndpoint, ConsensusWatch, DirectoryClient, spawn_follower};
+use murmur_directory::{AuthorityEndpoint, ConsensusWatch, DirectoryClient, spawn_follower};
 use murmur_directory::clock::SystemClock;
 use murmur_directory::http::HttpClient;
 use murmur_wire::{IdentityKey, VerifiedConsensus};
