@@ -16,7 +16,13 @@ use murmur_wire::{
 use tokio_util::codec::{Decoder, Encoder};
 
 fn deposit_plaintext(rng: &mut rand_chacha::ChaCha20Rng, route: &murmur_wire::Route) -> Vec<u8> {
-    let (surb, _) = build_surb(rng, route, Destination([1; 32]), SurbId::random_nonzero(rng)).unwrap();
+    let (surb, _) = build_surb(
+        rng,
+        route,
+        Destination([1; 32]),
+        SurbId::random_nonzero(rng),
+    )
+    .unwrap();
     FinalPayload::Deposit(Deposit {
         id: MessageId::random(rng),
         ack: surb,
@@ -75,12 +81,33 @@ fn surbs(c: &mut Criterion) {
     let mut rng = rng();
     let (_, route) = four_hops(&mut rng);
     c.bench_function("surb_build", |b| {
-        b.iter(|| build_surb(&mut rng, &route, Destination([1; 32]), SurbId::random_nonzero(&mut rng)).unwrap())
+        b.iter(|| {
+            build_surb(
+                &mut rng,
+                &route,
+                Destination([1; 32]),
+                SurbId::random_nonzero(&mut rng),
+            )
+            .unwrap()
+        })
     });
-    let (surb, _) = build_surb(&mut rng, &route, Destination([1; 32]), SurbId::random_nonzero(&mut rng)).unwrap();
-    let ack = Ack { id: MessageId::from_bytes([3; 16]) }.encode();
+    let (surb, _) = build_surb(
+        &mut rng,
+        &route,
+        Destination([1; 32]),
+        SurbId::random_nonzero(&mut rng),
+    )
+    .unwrap();
+    let ack = Ack {
+        id: MessageId::from_bytes([3; 16]),
+    }
+    .encode();
     c.bench_function("surb_use", |b| {
-        b.iter_batched(|| surb.clone(), |s| s.into_packet(black_box(&ack)).unwrap(), BatchSize::SmallInput)
+        b.iter_batched(
+            || surb.clone(),
+            |s| s.into_packet(black_box(&ack)).unwrap(),
+            BatchSize::SmallInput,
+        )
     });
 }
 

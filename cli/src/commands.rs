@@ -24,7 +24,8 @@ fn home_dir(cli_home: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(h) = std::env::var_os("MURMUR_HOME") {
         return Ok(PathBuf::from(h));
     }
-    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("no --home given and $HOME is not set"))?;
+    let home =
+        std::env::var_os("HOME").ok_or_else(|| anyhow!("no --home given and $HOME is not set"))?;
     Ok(PathBuf::from(home).join(".murmur"))
 }
 
@@ -184,7 +185,8 @@ async fn send(
 ) -> Result<()> {
     // Check what can be checked before going online.
     if let Some(path) = &file {
-        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
         if !meta.is_file() {
             bail!("{} is not a regular file", path.display());
         }
@@ -246,7 +248,13 @@ fn save_file(dir: &Path, from: &str, name: &str, data: &[u8]) -> Result<PathBuf>
     let safe = |s: &str| -> String {
         let s: String = s
             .chars()
-            .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
+            .map(|c| {
+                if c == '/' || c == '\\' || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
             .collect();
         match s.as_str() {
             "" | "." | ".." => "file".into(),
@@ -293,7 +301,10 @@ async fn inbox(home: &Path, all: bool) -> Result<()> {
 async fn watch(home: &Path) -> Result<()> {
     let session = Session::open(home).await?;
     let mut incoming = session.client.incoming();
-    eprintln!("online as {:?}; waiting for messages (Ctrl-C to stop)", session.client.name());
+    eprintln!(
+        "online as {:?}; waiting for messages (Ctrl-C to stop)",
+        session.client.name()
+    );
     let backlog = session.client.inbox(true)?;
     let mut seqs = Vec::new();
     for (seq, r) in &backlog {

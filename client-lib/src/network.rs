@@ -17,9 +17,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_directory::{AuthorityEndpoint, ConsensusWatch, DirectoryClient, spawn_follower};
 use murmur_directory::clock::SystemClock;
 use murmur_directory::http::HttpClient;
+use murmur_directory::{AuthorityEndpoint, ConsensusWatch, DirectoryClient, spawn_follower};
 use murmur_wire::{IdentityKey, VerifiedConsensus};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -129,15 +129,24 @@ pub async fn follow(
     wait: Duration,
     shutdown: CancellationToken,
 ) -> Result<Arc<dyn ConsensusSource>> {
-    let endpoints = network.endpoints().map_err(|reason| Error::Unreachable { reason })?;
-    let dir = DirectoryClient::new(endpoints, network.threshold, HttpClient::new(Duration::from_secs(5)))
-        .map_err(|e| Error::Unreachable {
-            reason: e.to_string(),
-        })?;
+    let endpoints = network
+        .endpoints()
+        .map_err(|reason| Error::Unreachable { reason })?;
+    let dir = DirectoryClient::new(
+        endpoints,
+        network.threshold,
+        HttpClient::new(Duration::from_secs(5)),
+    )
+    .map_err(|e| Error::Unreachable {
+        reason: e.to_string(),
+    })?;
     let mut watch = spawn_follower(dir, Arc::new(SystemClock), shutdown);
     let deadline = tokio::time::Instant::now() + wait;
     while watch.current().is_none() {
-        if tokio::time::timeout_at(deadline, watch.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, watch.changed())
+            .await
+            .is_err()
+        {
             return Err(Error::Unreachable {
                 reason: watch
                     .last_error()
@@ -167,11 +176,19 @@ mod tests {
             }],
         };
         assert_eq!(NetworkConfig::parse(&cfg.to_toml()).unwrap(), cfg);
-        assert!(NetworkConfig::parse("threshold = 1\n").unwrap_err().contains("authority"));
+        assert!(
+            NetworkConfig::parse("threshold = 1\n")
+                .unwrap_err()
+                .contains("authority")
+        );
         let unknown = format!("{}\nextra = 1\n", cfg.to_toml());
         assert!(NetworkConfig::parse(&unknown).is_err());
         let bad_threshold = cfg.to_toml().replace("threshold = 1", "threshold = 2");
-        assert!(NetworkConfig::parse(&bad_threshold).unwrap_err().contains("threshold"));
+        assert!(
+            NetworkConfig::parse(&bad_threshold)
+                .unwrap_err()
+                .contains("threshold")
+        );
         let bad_key = cfg.to_toml().replace(&key.to_base58(), "nope");
         assert!(NetworkConfig::parse(&bad_key).is_err());
     }
