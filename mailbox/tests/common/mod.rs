@@ -127,6 +127,18 @@ impl Harness {
         }
     }
 
+    /// Processes an acknowledgement packet at the ack hop: the SURB id it
+    /// arrives under and its sealed payload.
+    pub fn receive_ack(&self, packet: &Packet) -> (SurbId, Vec<u8>) {
+        match self.ack_ring.process(packet).unwrap().1 {
+            Processed::Final {
+                delivery: Delivery::Reply { surb_id, sealed },
+                ..
+            } => (surb_id, sealed),
+            other => panic!("expected a SURB reply, got {other:?}"),
+        }
+    }
+
     /// Processes an acknowledgement packet at the ack hop and opens it with
     /// `recovery`: proves it was made from the deposit's SURB.
     pub fn open_ack(
