@@ -54,7 +54,7 @@ reap_batch = 10000
 # and counted (their senders retransmit).
 write_queue_capacity = 16384
 # Items committed in one durable transaction at most (group commit).
-max_batch = 2048
+max_batch = 8192
 
 [api]
 # Queues this provider holds at most; creation beyond is refused with 503.

@@ -49,16 +49,6 @@ pub enum Error {
         expected: u64,
     },
 
-    /// An item could not be encoded for storage.
-    #[error("could not encode a {what} for storage")]
-    Encode {
-        /// What was being encoded.
-        what: &'static str,
-        /// postcard's error.
-        #[source]
-        source: postcard::Error,
-    },
-
     /// A file (configuration, key) could not be read or written.
     #[error("could not {action} {path}")]
     File {

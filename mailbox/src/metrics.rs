@@ -92,7 +92,10 @@ pub struct Metrics {
     pub(crate) malformed: Counter,
     pub(crate) acks_sent: Counter,
     pub(crate) acks_failed: Counter,
-    pub(crate) batch_size: Histogram,
+    batch_size: Histogram,
+    // The histogram's count and sum, readable (the histogram's are not).
+    batches: Counter,
+    batched_items: Counter,
     pub(crate) commit_failures: Counter,
     pub(crate) fetches: Counter,
     pub(crate) owner_acks: Counter,
@@ -149,6 +152,8 @@ impl Metrics {
             acks_sent: Counter::default(),
             acks_failed: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            batches: Counter::default(),
+            batched_items: Counter::default(),
             commit_failures: Counter::default(),
             fetches: Counter::default(),
             owner_acks: Counter::default(),
@@ -239,6 +244,12 @@ impl Metrics {
         set[outcome as usize].inc();
     }
 
+    pub(crate) fn batch(&self, items: usize) {
+        self.batch_size.observe(items as f64);
+        self.batches.inc();
+        self.batched_items.inc_by(items as u64);
+    }
+
     pub(crate) fn api_error(&self, reason: &'static str) {
         self.api_errors.get_or_create(&[("reason", reason)]).inc();
     }
@@ -249,6 +260,11 @@ impl Metrics {
             .iter()
             .position(|o| *o == outcome)
             .map_or(0, |i| self.deposits[i].get())
+    }
+
+    /// Group-commit transactions so far, and the items they held.
+    pub fn batches(&self) -> (u64, u64) {
+        (self.batches.get(), self.batched_items.get())
     }
 
     /// Acknowledgements handed to the packet sink so far.

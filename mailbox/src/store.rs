@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `meta` | `"schema"` | schema version ([`SCHEMA_VERSION`]) |
 //! | `queues` | queue id (32) | owner key (32) ‖ created-at (8) ‖ messages (8) ‖ bytes (8) ‖ next seq (8) |
-//! | `entries` | queue id (32) ‖ seq (8) | postcard of [`QueueItem`] |
+//! | `entries` | queue id (32) ‖ seq (8) | kind (1) ‖ id (16) ‖ bytes (body or sealed reply; none for a loop) |
 //! | `dedup` | queue id (32) ‖ kind (1) ‖ id (16) | seq the item was stored under |
 //! | `expiry` | stored-at (8) ‖ queue id (32) ‖ seq (8) | kind (1) ‖ id (16) |
 //!
@@ -29,8 +29,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use murmur_wire::IdentityKey;
-use murmur_wire::QueueId;
 use murmur_wire::mailbox::{FetchResponse, MAX_FETCH_LIMIT, QueueEntry, QueueItem};
+use murmur_wire::{MessageId, QueueId, SurbId};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use redb::{TableDefinition, WriteTransaction};
 
@@ -252,6 +252,40 @@ fn expiry_key(stored_at: u64, queue: &[u8; 32], seq: u64) -> [u8; 48] {
     k
 }
 
+const ENTRY_HEADER_LEN: usize = 17;
+
+/// An entry's stored form: the dedup tag (kind, id), then the item's bytes.
+/// (Not postcard: serde writes a byte vector one byte at a time.)
+fn encode_item(item: &QueueItem, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&item_tag(item));
+    match item {
+        QueueItem::Deposit { body, .. } => out.extend_from_slice(body),
+        QueueItem::Reply { sealed, .. } => out.extend_from_slice(sealed),
+        QueueItem::Loop { .. } => {}
+    }
+}
+
+fn decode_item(bytes: &[u8]) -> Option<QueueItem> {
+    let (header, rest) = bytes.split_at_checked(ENTRY_HEADER_LEN)?;
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&header[1..]);
+    match header[0] {
+        1 => Some(QueueItem::Deposit {
+            id: MessageId::from_bytes(id),
+            body: rest.to_vec(),
+        }),
+        2 => Some(QueueItem::Reply {
+            surb_id: SurbId::from_bytes(id),
+            sealed: rest.to_vec(),
+        }),
+        3 if rest.is_empty() => Some(QueueItem::Loop {
+            id: MessageId::from_bytes(id),
+        }),
+        _ => None,
+    }
+}
+
 /// The [`Store`] on a redb database file.
 #[derive(Debug)]
 pub struct RedbStore {
@@ -370,66 +404,77 @@ impl Store for RedbStore {
     }
 
     fn insert_batch(&self, batch: &[NewItem], now: u64) -> Result<Vec<InsertOutcome>> {
+        // Work through the batch queue by queue (a stable sort keeps each
+        // queue's items in arrival order): each queue record is read and
+        // written once, and the inserts into every table go in key order,
+        // which touches each B-tree page once.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i].queue);
+        let mut outcomes = vec![InsertOutcome::UnknownQueue; batch.len()];
         let txn = self.begin()?;
-        let mut outcomes = Vec::with_capacity(batch.len());
         {
             let mut queues = txn.open_table(QUEUES).during("opening tables")?;
             let mut entries = txn.open_table(ENTRIES).during("opening tables")?;
             let mut dedup = txn.open_table(DEDUP).during("opening tables")?;
             let mut expiry = txn.open_table(EXPIRY).during("opening tables")?;
-            // Queue records touched by this batch, read once and written once.
-            let mut touched: HashMap<[u8; 32], Option<(QueueInfo, bool)>> = HashMap::new();
-            let mut value = Vec::with_capacity(2600);
-            for new in batch {
-                let q = new.queue.as_bytes();
-                let slot = match touched.get_mut(q) {
-                    Some(slot) => slot,
-                    None => {
-                        let info = queues
-                            .get(q)
-                            .during("reading a queue")?
-                            .map(|v| (QueueInfo::decode(v.value()), false));
-                        touched.entry(*q).or_insert(info)
+            let mut value = Vec::with_capacity(ENTRY_HEADER_LEN + 2600);
+            let mut run = order.as_slice();
+            while let Some(&first) = run.first() {
+                let q = batch[first].queue.as_bytes();
+                let len = run
+                    .iter()
+                    .position(|&i| batch[i].queue.as_bytes() != q)
+                    .unwrap_or(run.len());
+                let (this, rest) = run.split_at(len);
+                run = rest;
+                let Some(mut info) = queues
+                    .get(q)
+                    .during("reading a queue")?
+                    .map(|v| QueueInfo::decode(v.value()))
+                else {
+                    // Outcomes start as UnknownQueue.
+                    continue;
+                };
+                let before = info;
+                for &i in this {
+                    let item = &batch[i].item;
+                    let tag = item_tag(item);
+                    let dkey = dedup_key(q, &tag);
+                    let seq = info.next_seq;
+                    // Insert first: one B-tree descent in the common case
+                    // (a new item); a duplicate puts the old record back.
+                    let old = dedup
+                        .insert(&dkey, seq)
+                        .during("storing a dedup record")?
+                        .map(|v| v.value());
+                    if let Some(old) = old {
+                        dedup
+                            .insert(&dkey, old)
+                            .during("restoring a dedup record")?;
+                        outcomes[i] = InsertOutcome::Duplicate { seq: old };
+                        continue;
                     }
-                };
-                let Some((info, dirty)) = slot else {
-                    outcomes.push(InsertOutcome::UnknownQueue);
-                    continue;
-                };
-                let tag = item_tag(&new.item);
-                let dkey = dedup_key(q, &tag);
-                if let Some(seq) = dedup.get(&dkey).during("reading the dedup index")? {
-                    outcomes.push(InsertOutcome::Duplicate { seq: seq.value() });
-                    continue;
+                    encode_item(item, &mut value);
+                    let size = value.len() as u64;
+                    if info.messages >= self.quota.max_messages
+                        || info.bytes.saturating_add(size) > self.quota.max_bytes
+                    {
+                        dedup.remove(&dkey).during("removing a dedup record")?;
+                        outcomes[i] = InsertOutcome::QueueFull;
+                        continue;
+                    }
+                    entries
+                        .insert(&entry_key(q, seq), value.as_slice())
+                        .during("storing an entry")?;
+                    expiry
+                        .insert(&expiry_key(now, q, seq), &tag)
+                        .during("storing an expiry record")?;
+                    info.next_seq = seq.saturating_add(1);
+                    info.messages += 1;
+                    info.bytes = info.bytes.saturating_add(size);
+                    outcomes[i] = InsertOutcome::Stored { seq };
                 }
-                value.clear();
-                value = postcard::to_extend(&new.item, value).map_err(|source| Error::Encode {
-                    what: "queue item",
-                    source,
-                })?;
-                let size = value.len() as u64;
-                if info.messages >= self.quota.max_messages
-                    || info.bytes.saturating_add(size) > self.quota.max_bytes
-                {
-                    outcomes.push(InsertOutcome::QueueFull);
-                    continue;
-                }
-                let seq = info.next_seq;
-                entries
-                    .insert(&entry_key(q, seq), value.as_slice())
-                    .during("storing an entry")?;
-                dedup.insert(&dkey, seq).during("storing a dedup record")?;
-                expiry
-                    .insert(&expiry_key(now, q, seq), &tag)
-                    .during("storing an expiry record")?;
-                info.next_seq = seq.saturating_add(1);
-                info.messages += 1;
-                info.bytes = info.bytes.saturating_add(size);
-                *dirty = true;
-                outcomes.push(InsertOutcome::Stored { seq });
-            }
-            for (q, slot) in &touched {
-                if let Some((info, true)) = slot {
+                if info != before {
                     queues
                         .insert(q, &info.encode())
                         .during("updating a queue")?;
@@ -471,10 +516,9 @@ impl Store for RedbStore {
                 break;
             }
             let seq = be_u64(&key.value()[32..]);
-            let item: QueueItem =
-                postcard::from_bytes(value.value()).map_err(|_| Error::Corrupt {
-                    what: "queue entry",
-                })?;
+            let item = decode_item(value.value()).ok_or(Error::Corrupt {
+                what: "queue entry",
+            })?;
             out.push(QueueEntry { seq, item });
         }
         Ok(Some(FetchResponse { entries: out, more }))
@@ -642,5 +686,32 @@ mod tests {
         assert!(entry_key(&q, 255) < entry_key(&q, 256));
         assert!(entry_key(&q, u64::MAX) < entry_key(&[2u8; 32], 0));
         assert!(expiry_key(9, &[0xff; 32], u64::MAX) < expiry_key(10, &[0; 32], 0));
+    }
+
+    #[test]
+    fn items_round_trip_and_garbage_is_refused() {
+        let items = [
+            QueueItem::Deposit {
+                id: MessageId::from_bytes([1; 16]),
+                body: vec![2; 2048],
+            },
+            QueueItem::Reply {
+                surb_id: SurbId::from_bytes([3; 16]),
+                sealed: vec![4; 2496],
+            },
+            QueueItem::Loop {
+                id: MessageId::from_bytes([5; 16]),
+            },
+        ];
+        let mut buf = Vec::new();
+        for item in items {
+            encode_item(&item, &mut buf);
+            assert_eq!(decode_item(&buf), Some(item));
+        }
+        assert_eq!(decode_item(&[]), None);
+        assert_eq!(decode_item(&[9; 17]), None);
+        let mut loop_with_bytes = vec![3u8; 17];
+        loop_with_bytes.push(0);
+        assert_eq!(decode_item(&loop_with_bytes), None);
     }
 }

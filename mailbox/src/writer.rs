@@ -47,7 +47,7 @@ impl Default for WriterConfig {
     fn default() -> Self {
         Self {
             queue_capacity: 16_384,
-            max_batch: 2048,
+            max_batch: 8192,
         }
     }
 }
@@ -154,7 +154,7 @@ fn run(
             items.push(r.item);
             dones.push(r.done);
         }
-        metrics.batch_size.observe(items.len() as f64);
+        metrics.batch(items.len());
         let now = clock.now_secs();
         match store.insert_batch(&items, now) {
             Ok(outcomes) => {
