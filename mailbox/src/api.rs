@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | 400 | `malformed` | the body does not decode, has an unknown version, or asks for a fetch of 0 entries |
 //! | 401 | `bad_signature` | the signature does not verify under the owner key (or the key is not a valid point) |
-//! | 401 | `stale` | the timestamp is more than `FRESHNESS_WINDOW_SECS` away from the provider's clock |
+//! | 401 | `stale` | the timestamp is more than `FRESHNESS_WINDOW_SECS` away from the provider's clock, or older than the provider's start |
 //! | 404 | `unknown_queue` | no such queue |
 //! | 409 | `replayed` | the nonce was seen for this queue (or owner key) within the window |
 //! | 413 | `too_large` | the body is over `MAX_REQUEST_SIZE` bytes |
@@ -51,7 +51,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_queues: 1_000_000,
-            nonce_cache_capacity: 1_000_000,
+            nonce_cache_capacity: 200_000,
         }
     }
 }
@@ -106,6 +106,10 @@ pub struct Api {
     metrics: Arc<Metrics>,
     nonces: NonceCache,
     config: ApiConfig,
+    /// Requests signed before this (unix seconds) are refused: the nonce
+    /// cache is in memory and starts empty, so this keeps a request captured
+    /// before a restart from being replayed after it.
+    not_before: u64,
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -122,12 +126,14 @@ impl Api {
         metrics: Arc<Metrics>,
         config: ApiConfig,
     ) -> Self {
+        let not_before = clock.now_secs();
         Self {
             store,
             clock,
             metrics,
             nonces: NonceCache::new(config.nonce_cache_capacity),
             config,
+            not_before,
         }
     }
 
@@ -192,6 +198,16 @@ impl Api {
                 "stale",
                 format!(
                     "stale request: timestamp {timestamp} is more than {FRESHNESS_WINDOW_SECS} s from the provider's clock ({now})"
+                ),
+            ));
+        }
+        if timestamp < self.not_before {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "stale",
+                format!(
+                    "stale request: timestamp {timestamp} is older than the provider's last start ({})",
+                    self.not_before
                 ),
             ));
         }

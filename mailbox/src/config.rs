@@ -61,7 +61,7 @@ max_batch = 8192
 max_queues = 1000000
 # Request nonces remembered at most to refuse replays; when full of live
 # nonces, requests are refused with 503 until some expire.
-nonce_cache_capacity = 1000000
+nonce_cache_capacity = 200000
 "#;
 
 /// The whole configuration.

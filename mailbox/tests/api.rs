@@ -394,6 +394,13 @@ async fn creation_is_signed_fresh_once_and_capped() {
         .post("/v1/queues", create_body(&owner, s.now() - 1000, [3; 16]))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Within the window but signed before the provider started: its nonce
+    // cache cannot vouch for it, so it is refused as stale.
+    let (status, resp) = s
+        .post("/v1/queues", create_body(&owner, s.now() - 5, [6; 16]))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(reason(&resp).contains("last start"), "{}", reason(&resp));
 
     // Two queues for one key are allowed (ids are fresh and unrelated)...
     let a = s.create(4, 4).await;
