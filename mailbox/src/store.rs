@@ -667,6 +667,18 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn stored_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            if let Some(item) = decode_item(&bytes) {
+                let mut again = Vec::new();
+                encode_item(&item, &mut again);
+                prop_assert_eq!(again, bytes);
+            }
+        }
+    }
 
     #[test]
     fn queue_records_round_trip() {
