@@ -115,10 +115,6 @@ pub enum Error {
     /// The provider was started outside a tokio runtime.
     #[error("the mailbox provider must be started inside a tokio runtime")]
     NoRuntime,
-
-    /// The write path has shut down (the provider is stopping).
-    #[error("the mailbox write path has shut down")]
-    WriterClosed,
 }
 
 /// Result alias for murmur-mailbox.

@@ -99,11 +99,6 @@ impl Mailbox {
         &self.metrics
     }
 
-    /// The write path, for storing items from elsewhere.
-    pub fn writer(&self) -> &Writer {
-        &self.writer
-    }
-
     /// Acknowledgement tasks in flight; `close()` then `wait()` on it at
     /// shutdown to let them finish.
     pub fn tasks(&self) -> &TaskTracker {

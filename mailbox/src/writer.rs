@@ -113,19 +113,6 @@ impl Writer {
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SubmitError::Closed),
         }
     }
-
-    /// Queues `item`, waiting for room, and resolves once it is durable.
-    pub async fn write(&self, item: NewItem) -> Result<Completion> {
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Request {
-                item,
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| Error::WriterClosed)?;
-        rx.await.map_err(|_| Error::WriterClosed)
-    }
 }
 
 fn run(
