@@ -1,0 +1,2 @@
+//! The `murmur-mixnode` daemon.
+fn main() {}
