@@ -1,2 +1,2 @@
-//! The `murmur-mixnode` daemon.
+//! placeholder
 fn main() {}

@@ -338,7 +338,7 @@ impl ReplayCache {
         if filter.len() as u64 != len {
             return Err(corrupt("length mismatch"));
         }
-        let bloom = Bloom::from_bytes(filter.to_vec()).map_err(|e| corrupt(e))?;
+        let bloom = Bloom::from_bytes(filter.to_vec()).map_err(corrupt)?;
         Ok((bloom, generation))
     }
 
