@@ -1,5 +1,20 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod authority;
+mod client;
 pub mod clock;
+pub mod config;
+pub mod consensus;
+mod error;
 pub mod http;
+mod metrics;
+mod store;
+
+pub use authority::{AuthorityHandle, MAX_DESCRIPTOR_UPLOAD, start_authority, start_authority_on};
+pub use client::{
+    Attempt, AttemptError, AuthorityEndpoint, ConsensusWatch, DirectoryClient, FetchError,
+    MAX_CONSENSUS_SIZE, UploadReport, spawn_follower,
+};
+pub use config::AuthorityConfig;
+pub use error::Error;

@@ -584,8 +584,12 @@ impl SignedConsensus {
     ) -> Result<VerifiedConsensus> {
         let mut valid = HashSet::new();
         let mut invalid = 0;
+        // At most one signature per authority is checked: a document padded
+        // with many bad signatures for one pinned key costs one verification
+        // per pinned authority, not one per entry.
+        let mut seen = HashSet::new();
         for sig in &self.signatures {
-            if !authorities.contains(&sig.authority) || valid.contains(&sig.authority) {
+            if !authorities.contains(&sig.authority) || !seen.insert(sig.authority) {
                 continue;
             }
             match verify(
@@ -829,6 +833,29 @@ mod tests {
         assert!(AuthoritySet::new(vec![k], 2).is_err());
         assert!(AuthoritySet::new(vec![k, k], 1).is_err());
         assert!(AuthoritySet::new(vec![k], 1).is_ok());
+    }
+
+    #[test]
+    fn repeated_signatures_are_checked_once_per_authority() {
+        let key = SigningKey::from_bytes(&[1u8; 32]);
+        let me = IdentityKey::from(&key.verifying_key());
+        let set = AuthoritySet::new(vec![me], 1).unwrap();
+        let doc = SignedConsensus {
+            body: vec![0; 8],
+            signatures: vec![
+                AuthoritySignature {
+                    authority: me,
+                    signature: Signature([9; 64]),
+                };
+                1000
+            ],
+        };
+        match doc.verify(&set, 0, None) {
+            Err(Error::UnderThreshold { valid, invalid, .. }) => {
+                assert_eq!((valid, invalid), (0, 1));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     proptest! {

@@ -1,0 +1,169 @@
+//! The real `murmur-directory` binary: init, run, a bootstrap document with
+//! one-hour epochs, graceful SIGTERM, and config errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use murmur_directory::http::HttpClient;
+use murmur_directory::{AuthorityEndpoint, DirectoryClient};
+use murmur_wire::IdentityKey;
+use murmur_wire::policy::epoch_at;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_murmur-directory");
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_then_run_serves_a_bootstrap_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let key_text = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("authority public key: "))
+        .unwrap();
+    let key = IdentityKey::from_base58(key_text).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("authority.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A second init does not overwrite the key.
+    let again = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!again.status.success());
+
+    // Keep the default one-hour epochs; shorten only the bootstrap window.
+    let config = dir.path().join("directory.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("epoch_secs = 3600"));
+    std::fs::write(
+        &config,
+        text.replace("bootstrap_window_ms = 2000", "bootstrap_window_ms = 200"),
+    )
+    .unwrap();
+    let pk = Command::new(BIN)
+        .args(["public-key", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8(pk.stdout).unwrap().trim(), key_text);
+
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(a) = line.strip_prefix("murmur-directory listening on ") {
+                return a.parse::<std::net::SocketAddr>().unwrap();
+            }
+        }
+        panic!("no listening line");
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+
+    let client = DirectoryClient::new(
+        vec![AuthorityEndpoint { addr, key }],
+        1,
+        HttpClient::new(Duration::from_secs(2)),
+    )
+    .unwrap();
+    let e = epoch_at(now_secs(), 3600);
+    for d in network_descriptors(e, now_secs()) {
+        let report = client.upload_descriptor(&d).await;
+        assert!(report.all_accepted(), "{report}");
+    }
+    let doc = eventually(15, "bootstrap document", || async {
+        client.fetch(e, now_secs()).await.ok()
+    })
+    .await;
+    assert!(doc.is_routable());
+    assert!(metric(addr, "murmur_directory_documents_published_total").await >= 1.0);
+
+    // SIGTERM: a graceful exit.
+    let pid = child.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    // The document survived on disk.
+    assert!(
+        std::fs::read_dir(dir.path().join("data/consensus"))
+            .unwrap()
+            .count()
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn unknown_config_keys_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let config = dir.path().join("directory.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[timing]", "[timing]\nbogus_knob = 3"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bogus_knob"), "{stderr}");
+}
