@@ -66,6 +66,16 @@ pub enum Error {
         source: murmur_wire::Error,
     },
 
+    /// The directory client could not be set up.
+    #[error("{what}")]
+    Directory {
+        /// What was being done.
+        what: &'static str,
+        /// murmur-directory's error (boxed: it is large).
+        #[source]
+        source: Box<murmur_directory::Error>,
+    },
+
     /// A thread could not be started.
     #[error("could not start thread {name}")]
     Thread {

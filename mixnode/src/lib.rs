@@ -12,4 +12,4 @@ pub mod registration;
 
 pub use config::MixNodeConfig;
 pub use error::{Error, Result};
-pub use node::{MixNodeHandle, start_mixnode_with_topology};
+pub use node::{MixNodeHandle, start_mixnode, start_mixnode_with_topology};

@@ -8,7 +8,8 @@ use std::time::Duration;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use murmur_directory::clock::Clock;
-use murmur_directory::http::{ServerLimits, metrics, spawn_server, text};
+use murmur_directory::http::{HttpClient, ServerLimits, metrics, spawn_server, text};
+use murmur_directory::{AuthorityEndpoint, DirectoryClient, spawn_follower};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::policy::epoch_at;
 use murmur_wire::{IdentityKey, NodeId, SignedDescriptor};
@@ -22,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::keys::{KeyManager, spawn_rotation};
 use crate::loops::{LoopMetrics, LoopTracker, MixFinalHop, spawn_loop_cover};
-use crate::registration::mix_descriptor;
+use crate::registration::{RegistrationMetrics, WatchTopology, mix_descriptor, spawn_registration};
 
 /// How often the key rotation task reads the clock.
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
@@ -40,6 +41,7 @@ pub struct MixNodeHandle {
     engine: EngineHandle,
     keys: Arc<KeyManager>,
     loops: LoopMetrics,
+    registration: RegistrationMetrics,
     identity: SigningKey,
     clock: Arc<dyn Clock>,
     tracker: TaskTracker,
@@ -76,6 +78,12 @@ impl MixNodeHandle {
         &self.loops
     }
 
+    /// The registration counters (zero for a node started without the
+    /// directory).
+    pub fn registration_metrics(&self) -> &RegistrationMetrics {
+        &self.registration
+    }
+
     /// The node's key manager.
     pub fn keys(&self) -> &KeyManager {
         &self.keys
@@ -89,10 +97,66 @@ impl MixNodeHandle {
     }
 }
 
+/// Starts a mix node: follows the verified consensus of the configured
+/// authorities (and learns its layer from it), registers its descriptor
+/// with every authority at start and in every epoch, and runs until
+/// `shutdown` is cancelled. This is what `murmur-mixnode run` does; devnet
+/// calls it in-process (port 0 works for both addresses).
+pub async fn start_mixnode(
+    config: MixNodeConfig,
+    identity: SigningKey,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> Result<MixNodeHandle> {
+    config.validate()?;
+    let endpoints: Vec<AuthorityEndpoint> = config
+        .directory
+        .pins()?
+        .into_iter()
+        .map(|(addr, key)| AuthorityEndpoint { addr, key })
+        .collect();
+    if endpoints.is_empty() {
+        return Err(Error::Config(
+            "no directory authorities: add [[directory.authorities]]".into(),
+        ));
+    }
+    let client = DirectoryClient::new(
+        endpoints,
+        config.directory.threshold,
+        HttpClient::new(Duration::from_millis(config.directory.request_timeout_ms)),
+    )
+    .map_err(|source| Error::Directory {
+        what: "could not set up the directory client",
+        source: Box::new(source),
+    })?;
+    let watch = spawn_follower(client.clone(), clock.clone(), shutdown.clone());
+    let epoch_secs = config.network.epoch_secs;
+    let node = start_mixnode_with_topology(
+        config,
+        identity,
+        clock.clone(),
+        Arc::new(WatchTopology(watch)),
+        shutdown.clone(),
+    )
+    .await?;
+    let (identity, public_addr, keys) =
+        (node.identity.clone(), node.public_addr, node.keys.clone());
+    spawn_registration(
+        client,
+        move |now| mix_descriptor(&identity, public_addr, &keys, now),
+        epoch_secs,
+        clock,
+        node.registration.clone(),
+        shutdown,
+        &node.tracker,
+    );
+    Ok(node)
+}
+
 /// Starts a mix node that learns the network from `topology` instead of
 /// following the directory, and does not register (tests, tools, and
-/// callers that feed the topology themselves). See [`crate::start_mixnode`]
-/// for the full daemon.
+/// callers that feed the topology themselves). See [`start_mixnode`] for
+/// the full daemon.
 pub async fn start_mixnode_with_topology(
     config: MixNodeConfig,
     identity: SigningKey,
@@ -124,6 +188,7 @@ pub async fn start_mixnode_with_topology(
 
     let mut registry = Registry::with_prefix("murmur_mixnode");
     let loop_metrics = LoopMetrics::register(&mut registry);
+    let registration = RegistrationMetrics::register(&mut registry);
     let loops = Arc::new(Mutex::new(LoopTracker::new(config.loops.max_outstanding)));
     let final_hop = Arc::new(MixFinalHop::new(
         node_id,
@@ -215,6 +280,7 @@ pub async fn start_mixnode_with_topology(
         engine,
         keys,
         loops: loop_metrics,
+        registration,
         identity,
         clock,
         tracker,
@@ -242,6 +308,14 @@ impl Health {
             None => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no consensus yet".to_owned(),
+            ),
+            Some(c) if c.params().epoch_secs != self.keys.epoch_secs() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the network's epochs are {} s, network.epoch_secs is {}: fix the configuration",
+                    c.params().epoch_secs,
+                    self.keys.epoch_secs()
+                ),
             ),
             Some(c) => match c.node(&self.node_id).and_then(|n| n.layer) {
                 Some(layer) => (
