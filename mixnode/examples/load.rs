@@ -3,15 +3,23 @@
 //! measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p murmur-mixnode --example load -- [--packets N] [--senders C] [--window W] [--workers K]
+//! cargo run --release -p murmur-mixnode --example load -- \
+//!     [--packets N] [--senders C] [--window W] [--workers K] [--io-threads T]
 //! ```
 //!
-//! The node runs with the default engine and replay settings (workers: one
-//! per core). Packets are built ahead (two hops: the node, then a sink that
-//! counts frames), with zero delay, each unique. Senders keep at most
-//! `window` packets in flight (sent but not yet at the sink), so the node is
-//! kept busy without being pushed into overload drops. The forwarded rate
-//! is measured at the sink between 10% and 90% of the packets.
+//! The node runs with the default engine and replay settings (unwrap
+//! workers: one per core) on a runtime of `--io-threads` threads (default:
+//! a quarter of the cores, as the daemon). Packets are built ahead (two
+//! hops: the node, then a sink that counts frames), with zero delay, each
+//! unique. Senders keep at most `window` packets in flight (sent but not yet
+//! at the sink), so the node is kept busy without being pushed into
+//! overload drops. The forwarded rate is measured at the sink between 10%
+//! and 90% of the packets.
+//!
+//! The load generator and the sink run on their own one-thread runtime, on
+//! the same cores as the node; the CPU time of each part is read from
+//! `/proc` and reported per packet, with the rate the node's own CPU use
+//! would allow if the load came from elsewhere.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
@@ -45,14 +53,17 @@ struct Args {
     senders: usize,
     window: u64,
     workers: usize,
+    io_threads: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         packets: 40_000,
         senders: 2,
-        window: 1024,
+        window: 256,
         workers: 0,
+        // As the daemon: a quarter of the cores for I/O.
+        io_threads: (cores() / 4).max(1),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,11 +73,12 @@ fn args() -> anyhow::Result<Args> {
             "--senders" => a.senders = value.parse()?,
             "--window" => a.window = value.parse()?,
             "--workers" => a.workers = value.parse()?,
+            "--io-threads" => a.io_threads = value.parse()?,
             other => bail!("unknown flag {other}"),
         }
     }
-    if a.packets < 1000 || a.senders == 0 || a.window == 0 {
-        bail!("--packets must be at least 1000, --senders and --window positive");
+    if a.packets < 1000 || a.senders == 0 || a.window == 0 || a.io_threads == 0 {
+        bail!("--packets must be at least 1000, --senders, --window and --io-threads positive");
     }
     Ok(a)
 }
@@ -74,6 +86,33 @@ fn args() -> anyhow::Result<Args> {
 struct NoFinalHop;
 impl FinalHop for NoFinalHop {
     fn deliver(&self, _: Destination, _: Delivery) {}
+}
+
+/// CPU seconds used so far by this process's threads, by thread name
+/// (Linux: /proc/self/task/*/stat, in clock ticks of 1/100 s).
+fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the ")" that closes the command name: state is
+        // field 3; utime and stime are fields 14 and 15.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let name = comm
+            .trim()
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_owned();
+        *out.entry(name).or_insert(0.0) += ticks / 100.0;
+    }
+    out
 }
 
 fn cores() -> usize {
@@ -127,9 +166,27 @@ fn unwrap_rates(ring: &KeyRing, packets: &[Packet]) -> (f64, f64) {
     (single, parallel)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = args()?;
+    let threads = args.io_threads;
+    // The node runs on its own runtime; the load generator and the sink on
+    // another, so each one's CPU time can be told apart.
+    let harness = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("harness")
+        .enable_all()
+        .build()?;
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("node-rt")
+        .enable_all()
+        .build()?
+        .block_on(run(args, harness.handle().clone()));
+    harness.shutdown_background();
+    result
+}
+
+async fn run(args: Args, harness: tokio::runtime::Handle) -> anyhow::Result<()> {
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let node_identity = SigningKey::from_bytes(&[1; 32]);
     let sink_identity = SigningKey::from_bytes(&[2; 32]);
@@ -162,7 +219,12 @@ async fn main() -> anyhow::Result<()> {
     let (single, parallel) = unwrap_rates(&ring, sample);
 
     // The sink: counts frames, remembers when the 10% and 90% marks fall.
-    let sink = TcpListener::bind("127.0.0.1:0").await?;
+    let sink = {
+        let _in = harness.enter();
+        let std = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std.set_nonblocking(true)?;
+        TcpListener::from_std(std)?
+    };
     let sink_addr = sink.local_addr()?;
     let received = Arc::new(AtomicU64::new(0));
     let total = args.packets as u64;
@@ -171,15 +233,16 @@ async fn main() -> anyhow::Result<()> {
     {
         let received = received.clone();
         let (marks, marks90) = (marks.clone(), marks90.clone());
-        tokio::spawn(async move {
+        let h = harness.clone();
+        harness.spawn(async move {
             loop {
                 let Ok((stream, _)) = sink.accept().await else {
                     return;
                 };
                 let received = received.clone();
                 let (marks, marks90) = (marks.clone(), marks90.clone());
-                tokio::spawn(async move {
-                    let mut frames = FramedRead::new(stream, PacketCodec);
+                h.spawn(async move {
+                    let mut frames = FramedRead::with_capacity(stream, PacketCodec, 256 * 1024);
                     while let Some(Ok(_)) = frames.next().await {
                         let n = received.fetch_add(1, Ordering::Relaxed) + 1;
                         if n == total / 10 {
@@ -252,6 +315,7 @@ async fn main() -> anyhow::Result<()> {
     let node_addr = engine.local_addr;
     let dropped_counter = Arc::new(AtomicU64::new(0));
 
+    let cpu_before = thread_cpu();
     // Senders.
     let packets = Arc::new(packets);
     let sent = Arc::new(AtomicU64::new(0));
@@ -266,10 +330,11 @@ async fn main() -> anyhow::Result<()> {
         let engine_dropped = dropped_counter.clone();
         let window = args.window;
         let senders = args.senders;
-        tasks.push(tokio::spawn(async move {
+        tasks.push(harness.spawn(async move {
             let stream = TcpStream::connect(node_addr).await?;
             stream.set_nodelay(true)?;
             let mut link = FramedWrite::new(stream, PacketCodec);
+            link.set_backpressure_boundary(64 * 1024);
             for p in packets.iter().skip(s).step_by(senders) {
                 while sent.load(Ordering::Relaxed)
                     - received.load(Ordering::Relaxed)
@@ -292,8 +357,15 @@ async fn main() -> anyhow::Result<()> {
     }
     // Done when every packet reached the sink or was dropped by the node.
     let deadline = Instant::now() + Duration::from_secs(300);
+    let (mut samples, mut unwrap_sum, mut unwrap_empty, mut link_sum) = (0u64, 0i64, 0u64, 0i64);
     let done = loop {
         let stats = engine.stats();
+        samples += 1;
+        unwrap_sum += stats.unwrap_queue;
+        link_sum += stats.link_queue;
+        if stats.unwrap_queue == 0 {
+            unwrap_empty += 1;
+        }
         let dropped: u64 = stats.dropped.values().sum();
         dropped_counter.store(dropped, Ordering::Relaxed);
         let got = received.load(Ordering::Relaxed);
@@ -305,6 +377,7 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    let cpu_after = thread_cpu();
     let stats = engine.stats();
     let got = received.load(Ordering::Relaxed);
     let (Some(t10), Some(t90)) = (*marks.lock().unwrap(), *marks90.lock().unwrap()) else {
@@ -320,6 +393,7 @@ async fn main() -> anyhow::Result<()> {
     println!();
     println!("cores                              {}", cores());
     println!("node unwrap workers                {workers}");
+    println!("node I/O runtime threads           {}", args.io_threads);
     println!("in-process unwrap, 1 thread        {single:>9.0} packets/s");
     println!(
         "in-process unwrap, {} threads       {parallel:>9.0} packets/s",
@@ -335,6 +409,40 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "ratio forwarded / parallel unwrap  {:>9.1} %",
         100.0 * steady / parallel
+    );
+    println!(
+        "queues (sampled every 5 ms)        unwrap mean {:.1}, empty {:.0}% of samples; link mean {:.1}",
+        unwrap_sum as f64 / samples as f64,
+        100.0 * unwrap_empty as f64 / samples as f64,
+        link_sum as f64 / samples as f64
+    );
+    let used = |prefix: &str| -> f64 {
+        cpu_after
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(n, a)| a - cpu_before.get(n).copied().unwrap_or(0.0))
+            .sum()
+    };
+    let (unwrap_cpu, node_io_cpu, harness_cpu) =
+        (used("murmur-unwrap"), used("node-rt"), used("harness"));
+    let per = |cpu: f64| 1e6 * cpu / got as f64;
+    println!(
+        "CPU per packet: node unwrap workers {:>6.1} us, node I/O tasks {:>5.1} us, load generator + sink {:>5.1} us",
+        per(unwrap_cpu),
+        per(node_io_cpu),
+        per(harness_cpu)
+    );
+    let node_only = cores() as f64 * got as f64 / (unwrap_cpu + node_io_cpu);
+    println!(
+        "node CPU-bound rate on {} cores     {node_only:>9.0} packets/s  ({:.1} % of unwrap x cores; what the node would forward with the load generated elsewhere)",
+        cores(),
+        100.0 * node_only / ideal
+    );
+    println!(
+        "wall time of the run {:.2} s x {} cores = {:.2} CPU-s available",
+        (done - start).as_secs_f64(),
+        cores(),
+        (done - start).as_secs_f64() * cores() as f64
     );
     let dropped: u64 = stats.dropped.values().sum();
     println!(

@@ -92,7 +92,13 @@ fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .init();
+            // The Sphinx work runs on the engine's own worker threads (one
+            // per core); the runtime only does I/O, which costs about a
+            // tenth of the crypto per packet: a quarter of the cores is
+            // plenty, and fewer threads compete less with the workers.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads((cores / 4).max(1))
                 .enable_all()
                 .build()
                 .context("could not start the runtime")?;

@@ -20,16 +20,18 @@ pub(super) struct Delayed {
 }
 
 pub(super) async fn run(
-    mut rx: mpsc::Receiver<Delayed>,
+    mut rx: mpsc::Receiver<Vec<Delayed>>,
     links: Arc<Links>,
     metrics: EngineMetrics,
     max: usize,
     shutdown: CancellationToken,
 ) {
     let mut queue: DelayQueue<(NodeId, Packet)> = DelayQueue::new();
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = &mut cancelled => break,
             Some(expired) = std::future::poll_fn(|cx| queue.poll_expired(cx)), if !queue.is_empty() => {
                 let (next_hop, packet) = expired.into_inner();
                 if let Err(reason) = links.send(next_hop, packet) {
@@ -37,11 +39,13 @@ pub(super) async fn run(
                 }
             }
             msg = rx.recv() => match msg {
-                Some(d) => {
-                    if queue.len() >= max {
-                        metrics.drop(DropReason::OverloadDelay);
-                    } else {
-                        queue.insert_at((d.next_hop, d.packet), d.deadline);
+                Some(batch) => {
+                    for d in batch {
+                        if queue.len() >= max {
+                            metrics.drop(DropReason::OverloadDelay);
+                        } else {
+                            queue.insert_at((d.next_hop, d.packet), d.deadline);
+                        }
                     }
                 }
                 None => break,

@@ -15,6 +15,9 @@ use tokio_util::task::TaskTracker;
 use super::metrics::{CloseReason, DropReason, EngineMetrics};
 use super::worker::Job;
 
+/// Bytes read from a connection at a time: about 11 frames.
+const READ_BUFFER: usize = 32 * 1024;
+
 pub(super) struct Limits {
     pub(super) max_connections: usize,
     pub(super) read_timeout: Duration,
@@ -85,26 +88,42 @@ async fn serve(
     shutdown: &CancellationToken,
 ) -> CloseReason {
     let _ = stream.set_nodelay(true);
-    let mut frames =
-        FramedRead::with_capacity(stream, PacketCodec, murmur_wire::frame::FRAME_SIZE * 4);
+    // Room for several frames per read (the decoder never asks for more
+    // than one frame, so this bounds the buffer).
+    let mut frames = FramedRead::with_capacity(stream, PacketCodec, READ_BUFFER);
+    // Both futures live across frames: creating a cancellation waiter and a
+    // timer per frame would cost a lock each.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let idle = tokio::time::sleep(read_timeout);
+    tokio::pin!(idle);
+    let mut last_frame = Instant::now();
     loop {
         let next = tokio::select! {
-            _ = shutdown.cancelled() => return CloseReason::Shutdown,
-            next = tokio::time::timeout(read_timeout, frames.next()) => next,
+            biased;
+            _ = &mut cancelled => return CloseReason::Shutdown,
+            next = frames.next() => next,
+            _ = &mut idle => {
+                // The timer is moved only when it fires: the deadline is
+                // read_timeout after the last complete frame.
+                let deadline = last_frame + read_timeout;
+                if Instant::now() >= deadline {
+                    return CloseReason::Timeout;
+                }
+                idle.as_mut().reset(deadline);
+                continue;
+            }
         };
         let packet = match next {
-            Err(_) => return CloseReason::Timeout,
-            Ok(None) => return CloseReason::Eof,
-            Ok(Some(Err(e))) => return classify(&e),
-            Ok(Some(Ok(packet))) => packet,
+            None => return CloseReason::Eof,
+            Some(Err(e)) => return classify(&e),
+            Some(Ok(packet)) => packet,
         };
+        let received = Instant::now();
+        last_frame = received;
         metrics.received.inc();
         metrics.unwrap_queue.inc();
-        let job = Job {
-            packet,
-            received: Instant::now(),
-        };
-        match unwrap.try_send(job) {
+        match unwrap.try_send(Job { packet, received }) {
             Ok(()) => {}
             Err(crossbeam_channel::TrySendError::Full(_)) => {
                 metrics.unwrap_queue.dec();

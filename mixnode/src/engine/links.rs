@@ -2,7 +2,7 @@
 //! demand, reconnecting with backoff, each with a bounded queue.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -38,6 +38,9 @@ pub(crate) struct Links {
     pub(crate) metrics: EngineMetrics,
     map: Mutex<HashMap<NodeId, Entry>>,
     generation: AtomicU64,
+    /// Set once `shutdown` is cancelled (a plain flag: the token's own
+    /// check takes a lock, and this is read for every packet).
+    stopped: Arc<AtomicBool>,
     runtime: tokio::runtime::Handle,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -55,6 +58,15 @@ enum Outcome {
     Stop,
 }
 
+fn drain(rx: &mut mpsc::Receiver<Packet>, batch: &mut Vec<Packet>) {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+}
+
 impl Links {
     pub(crate) fn new(
         topology: Arc<dyn Topology>,
@@ -64,6 +76,16 @@ impl Links {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
+        let stopped = Arc::new(AtomicBool::new(false));
+        let flag = stopped.clone();
+        let token = shutdown.clone();
+        tracker.spawn_on(
+            async move {
+                token.cancelled().await;
+                flag.store(true, Ordering::Release);
+            },
+            &runtime,
+        );
         Self {
             topology,
             queue: limits.link_queue,
@@ -76,6 +98,7 @@ impl Links {
             metrics,
             map: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            stopped,
             runtime,
             tracker,
             shutdown,
@@ -93,12 +116,38 @@ impl Links {
         next_hop: NodeId,
         packet: Packet,
     ) -> Result<(), DropReason> {
-        if self.shutdown.is_cancelled() {
+        if self.stopped.load(Ordering::Acquire) {
             return Err(DropReason::Shutdown);
         }
-        // Every enqueue happens under this lock, so a link that finds its
-        // queue empty under it can retire without losing a packet.
         let mut map = self.lock();
+        self.send_locked(&mut map, next_hop, packet)
+    }
+
+    /// [`Links::send`] for many packets under one lock; drops are counted
+    /// here. Empties `batch`.
+    pub(crate) fn send_batch(self: &Arc<Self>, batch: &mut Vec<(NodeId, Packet)>) {
+        if self.stopped.load(Ordering::Acquire) {
+            self.metrics
+                .drop_n(DropReason::Shutdown, batch.len() as u64);
+            batch.clear();
+            return;
+        }
+        let mut map = self.lock();
+        for (next_hop, packet) in batch.drain(..) {
+            if let Err(reason) = self.send_locked(&mut map, next_hop, packet) {
+                self.metrics.drop(reason);
+            }
+        }
+    }
+
+    fn send_locked(
+        self: &Arc<Self>,
+        map: &mut HashMap<NodeId, Entry>,
+        next_hop: NodeId,
+        packet: Packet,
+    ) -> Result<(), DropReason> {
+        // Every enqueue happens under the map's lock, so a link that finds
+        // its queue empty under it can retire without losing a packet.
         let mut packet = packet;
         if let Some(entry) = map.get(&next_hop) {
             match entry.tx.try_send(packet) {
@@ -126,7 +175,6 @@ impl Links {
         self.metrics.link_queue.inc();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         map.insert(next_hop, Entry { generation, tx });
-        drop(map);
         self.tracker
             .spawn_on(self.clone().run(next_hop, generation, rx), &self.runtime);
         Ok(())
@@ -221,21 +269,36 @@ impl Links {
     ) -> Outcome {
         let mut sink = FramedWrite::new(stream, PacketCodec);
         sink.set_backpressure_boundary(64 * 1024);
+        let cancelled = self.shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        let mut last_send = tokio::time::Instant::now();
         loop {
             let first = tokio::select! {
-                _ = self.shutdown.cancelled() => return Outcome::Stop,
-                _ = tokio::time::sleep(self.idle_timeout) => return Outcome::Idle,
+                biased;
+                _ = &mut cancelled => return Outcome::Stop,
                 p = rx.recv() => match p {
                     Some(p) => p,
                     None => return Outcome::Stop,
                 },
+                _ = &mut idle => {
+                    // Moved only when it fires: idle_timeout after the last send.
+                    let deadline = last_send + self.idle_timeout;
+                    if tokio::time::Instant::now() >= deadline {
+                        return Outcome::Idle;
+                    }
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
             };
             batch.push(first);
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
+            drain(rx, batch);
+            if batch.len() < BATCH / 2 {
+                // Under load more packets are on their way: letting them
+                // arrive saves a write (and a wakeup) per packet.
+                tokio::task::yield_now().await;
+                drain(rx, batch);
             }
             let n = batch.len();
             self.metrics.link_queue.dec_by(n as i64);
@@ -255,6 +318,7 @@ impl Links {
                     return Outcome::Failed;
                 }
             }
+            last_send = tokio::time::Instant::now();
         }
     }
 }

@@ -381,7 +381,9 @@ impl Engine {
             shutdown.clone(),
         ));
 
-        let (delay_tx, delay_rx) = tokio::sync::mpsc::channel(limits.unwrap_queue.max(64));
+        // Batches of at most 16 packets (see `worker`); the delay queue's
+        // own bound is `max_delayed`.
+        let (delay_tx, delay_rx) = tokio::sync::mpsc::channel((limits.unwrap_queue / 4).max(16));
         tracker.spawn(delay::run(
             delay_rx,
             links.clone(),

@@ -1,5 +1,11 @@
 //! Unwrap workers: plain threads that take packets off the bounded unwrap
 //! queue and do the Sphinx work, off the I/O tasks.
+//!
+//! Under load a worker hands its results on in small batches (one lock and
+//! at most one wakeup per batch instead of per packet); a batch is flushed
+//! as soon as the unwrap queue is empty, when it holds [`BATCH`] packets,
+//! or after [`MAX_HOLD`], so batching never adds more than that to a
+//! packet's time in the node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +21,11 @@ use super::replay::{ReplayCache, Seen};
 use super::{FinalHop, MAX_DELAY_CAP, Topology};
 use crate::keys::KeyRingHandle;
 
+/// Most packets a worker holds before handing them on.
+const BATCH: usize = 32;
+/// Longest a worker holds a processed packet before handing it on.
+const MAX_HOLD: Duration = Duration::from_millis(1);
+
 /// A packet as read from a connection, stamped with its arrival time.
 pub(super) struct Job {
     pub(super) packet: Packet,
@@ -27,9 +38,31 @@ pub(super) struct Shared {
     pub(super) topology: Arc<dyn Topology>,
     pub(super) final_hop: Arc<dyn FinalHop>,
     pub(super) metrics: EngineMetrics,
-    pub(super) delay_tx: mpsc::Sender<Delayed>,
+    pub(super) delay_tx: mpsc::Sender<Vec<Delayed>>,
     pub(super) links: Arc<Links>,
     pub(super) max_dwell: Duration,
+}
+
+/// Processed packets waiting to be handed on.
+#[derive(Default)]
+struct Outbox {
+    now: Vec<(NodeId, Packet)>,
+    delayed: Vec<Delayed>,
+    since: Option<Instant>,
+}
+
+impl Outbox {
+    fn len(&self) -> usize {
+        self.now.len() + self.delayed.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.now.is_empty() && self.delayed.is_empty()
+    }
+
+    fn due(&self) -> bool {
+        self.len() >= BATCH || self.since.is_some_and(|t| t.elapsed() >= MAX_HOLD)
+    }
 }
 
 /// The body of one worker thread. Runs until every sender of the unwrap
@@ -42,14 +75,54 @@ pub(super) fn run(
     // Inside the runtime context, `Instant::now` follows tokio's clock
     // (paused in tests) and tasks can be spawned.
     let _rt = runtime.enter();
-    while let Ok(job) = rx.recv() {
+    let mut outbox = Outbox::default();
+    loop {
+        let job = if outbox.is_empty() {
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(job) => job,
+                Err(crossbeam_channel::TryRecvError::Empty) => {
+                    shared.flush(&mut outbox);
+                    continue;
+                }
+                Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+            }
+        };
         shared.metrics.unwrap_queue.dec();
-        shared.process(job);
+        shared.process(job, &mut outbox);
+        if outbox.due() {
+            shared.flush(&mut outbox);
+        }
     }
+    shared.flush(&mut outbox);
 }
 
 impl Shared {
-    fn process(&self, job: Job) {
+    fn flush(&self, outbox: &mut Outbox) {
+        outbox.since = None;
+        if !outbox.now.is_empty() {
+            self.links.send_batch(&mut outbox.now);
+        }
+        if !outbox.delayed.is_empty() {
+            let batch = std::mem::take(&mut outbox.delayed);
+            let n = batch.len() as u64;
+            match self.delay_tx.try_send(batch) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.drop_n(DropReason::OverloadDelay, n);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.metrics.drop_n(DropReason::Shutdown, n);
+                }
+            }
+        }
+    }
+
+    fn process(&self, job: Job, outbox: &mut Outbox) {
         let m = &self.metrics;
         if Instant::now().saturating_duration_since(job.received) > self.max_dwell {
             m.drop(DropReason::DwellExceeded);
@@ -82,7 +155,7 @@ impl Shared {
                 next_hop,
                 delay,
                 packet,
-            } => self.forward(next_hop, delay, packet, job.received),
+            } => self.forward(next_hop, delay, packet, job.received, outbox),
             Processed::Final {
                 destination,
                 delivery,
@@ -93,7 +166,14 @@ impl Shared {
         }
     }
 
-    fn forward(&self, next_hop: NodeId, delay: Duration, packet: Packet, received: Instant) {
+    fn forward(
+        &self,
+        next_hop: NodeId,
+        delay: Duration,
+        packet: Packet,
+        received: Instant,
+        outbox: &mut Outbox,
+    ) {
         let m = &self.metrics;
         let Some(current) = self.topology.current() else {
             m.drop(DropReason::UnknownNextHop);
@@ -117,20 +197,16 @@ impl Shared {
         // The delay counts from arrival: time spent queueing and unwrapping
         // is part of it.
         let deadline = received + delay;
-        if deadline <= Instant::now() {
-            if let Err(reason) = self.links.send(next_hop, packet) {
-                m.drop(reason);
-            }
-            return;
+        let now = Instant::now();
+        if deadline <= now {
+            outbox.now.push((next_hop, packet));
+        } else {
+            outbox.delayed.push(Delayed {
+                deadline,
+                next_hop,
+                packet,
+            });
         }
-        match self.delay_tx.try_send(Delayed {
-            deadline,
-            next_hop,
-            packet,
-        }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => m.drop(DropReason::OverloadDelay),
-            Err(mpsc::error::TrySendError::Closed(_)) => m.drop(DropReason::Shutdown),
-        }
+        outbox.since.get_or_insert(now);
     }
 }
