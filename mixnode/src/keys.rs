@@ -303,7 +303,8 @@ impl KeyManager {
 }
 
 /// Rotates keys whenever `clock` crosses an epoch boundary or the end of a
-/// grace period (checked every `check_every`). Stops on `shutdown`.
+/// grace period (at the moment it does, and checked at least every
+/// `check_every`). Stops on `shutdown`.
 pub fn spawn_rotation(
     manager: Arc<KeyManager>,
     clock: Arc<dyn Clock>,
@@ -312,36 +313,42 @@ pub fn spawn_rotation(
     tracker: &TaskTracker,
 ) {
     tracker.spawn(async move {
-        let phase = |now: u64| {
-            let cur = epoch_at(now, manager.epoch_secs);
-            let grace_end =
-                epoch_start(cur, manager.epoch_secs).saturating_add(manager.settings.grace_secs);
-            (cur, now < grace_end)
-        };
-        let mut last = Some(phase(clock.now_secs()));
-        let mut tick = tokio::time::interval(check_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let epoch_secs = manager.epoch_secs;
+        let grace_secs = manager.settings.grace_secs;
+        // (epoch, in grace) of the last successful rotation; `None` forces
+        // one, so a clock that moved before the task first ran is caught.
+        let mut last: Option<(u64, bool)> = None;
         loop {
+            let now_ms = u64::try_from(clock.now().as_millis()).unwrap_or(u64::MAX);
+            let now = now_ms / 1000;
+            let cur = epoch_at(now, epoch_secs);
+            let grace_end = epoch_start(cur, epoch_secs).saturating_add(grace_secs);
+            let phase = (cur, now < grace_end);
+            if last != Some(phase) {
+                let m = manager.clone();
+                match tokio::task::spawn_blocking(move || m.rotate(now)).await {
+                    Ok(Ok(_)) => last = Some(phase),
+                    Ok(Err(e)) => tracing::error!(error = %e, "key rotation failed; retrying"),
+                    Err(e) => tracing::error!(error = %e, "key rotation task failed; retrying"),
+                }
+            }
+            // Wake just after the next phase change (the end of the grace
+            // period or the next epoch), and at least every `check_every`
+            // so that a clock that jumps is noticed.
+            let next_change = if phase.1 {
+                grace_end
+            } else {
+                epoch_start(cur.saturating_add(1), epoch_secs)
+            };
+            let until = Duration::from_millis(
+                next_change
+                    .saturating_mul(1000)
+                    .saturating_sub(now_ms)
+                    .saturating_add(1),
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            let now = clock.now_secs();
-            let p = phase(now);
-            if last == Some(p) {
-                continue;
-            }
-            let m = manager.clone();
-            match tokio::task::spawn_blocking(move || m.rotate(now)).await {
-                Ok(Ok(_)) => last = Some(p),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "key rotation failed; retrying");
-                    last = None;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "key rotation task failed; retrying");
-                    last = None;
-                }
+                _ = tokio::time::sleep(until.min(check_every)) => {}
             }
         }
     });

@@ -136,3 +136,49 @@ async fn previous_keys_work_during_the_grace_period_only_and_are_erased() {
     mix.stop().await;
     sink.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotation_task_follows_the_clock() {
+    use murmur_directory::clock::{Clock, OffsetClock};
+    use murmur_mixnode::keys::spawn_rotation;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    let dir = tempfile::tempdir().unwrap();
+    let clock = OffsetClock::new();
+    // Put the clock 10 s before an epoch boundary.
+    let now_ms = clock.now().as_millis() as i64;
+    let l_ms = L as i64 * 1000;
+    clock.set_offset_ms(l_ms - 10_000 - now_ms % l_ms);
+    let e = clock.now_secs() / L;
+    let settings = KeySettings {
+        grace_secs: 600,
+        ahead_epochs: 1,
+    };
+    let km = Arc::new(KeyManager::open(dir.path(), L, settings, clock.now_secs()).unwrap());
+    assert_eq!(km.ring().load().epochs(), vec![e]);
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    spawn_rotation(
+        km.clone(),
+        Arc::new(clock.clone()),
+        Duration::from_millis(20),
+        stop.clone(),
+        &tracker,
+    );
+    clock.advance(Duration::from_secs(11));
+    assert!(
+        wait_until(WAIT, || km.ring().load().epochs() == vec![e + 1, e]).await,
+        "ring {:?}, stored {:?}, e {e}, now {}",
+        km.ring().load().epochs(),
+        km.stored_epochs().unwrap(),
+        clock.now_secs()
+    );
+    assert_eq!(km.stored_epochs().unwrap(), vec![e, e + 1, e + 2]);
+    clock.advance(Duration::from_secs(600));
+    assert!(wait_until(WAIT, || km.ring().load().epochs() == vec![e + 1]).await);
+    assert!(wait_until(WAIT, || km.stored_epochs().unwrap() == vec![e + 1, e + 2]).await);
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+}
