@@ -292,6 +292,9 @@ max_unwrap_dwell_ms = {dwell}
 max_delayed = {max_delayed}
 # Packets queued per outbound link; more are dropped (overload_link).
 link_queue = {link_queue}
+# Packets queued in all outbound links together; more are dropped
+# (overload_link).
+max_link_queued = {max_link_queued}
 # Outbound links open at once.
 max_links = {max_links}
 # Time to connect an outbound link, ms.
@@ -336,6 +339,7 @@ timeout_slack_ms = {slack}
         dwell = e.max_unwrap_dwell_ms,
         max_delayed = e.max_delayed,
         link_queue = e.link_queue,
+        max_link_queued = e.max_link_queued,
         max_links = e.max_links,
         connect = e.connect_timeout_ms,
         write = e.write_timeout_ms,

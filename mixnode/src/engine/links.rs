@@ -29,6 +29,7 @@ struct Entry {
 pub(crate) struct Links {
     topology: Arc<dyn Topology>,
     queue: usize,
+    max_queued: i64,
     max_links: usize,
     connect_timeout: Duration,
     write_timeout: Duration,
@@ -89,6 +90,7 @@ impl Links {
         Self {
             topology,
             queue: limits.link_queue,
+            max_queued: i64::try_from(limits.max_link_queued).unwrap_or(i64::MAX),
             max_links: limits.max_links,
             connect_timeout: Duration::from_millis(limits.connect_timeout_ms),
             write_timeout: Duration::from_millis(limits.write_timeout_ms),
@@ -148,6 +150,9 @@ impl Links {
     ) -> Result<(), DropReason> {
         // Every enqueue happens under the map's lock, so a link that finds
         // its queue empty under it can retire without losing a packet.
+        if self.metrics.link_queue.get() >= self.max_queued {
+            return Err(DropReason::OverloadLink);
+        }
         let mut packet = packet;
         if let Some(entry) = map.get(&next_hop) {
             match entry.tx.try_send(packet) {

@@ -28,7 +28,8 @@ pub enum DropReason {
     OverloadUnwrap,
     /// The delay queue was full.
     OverloadDelay,
-    /// The next hop's link queue was full (slow or unreachable next hop).
+    /// The next hop's link queue (or all link queues together) was full:
+    /// a slow or unreachable next hop.
     OverloadLink,
     /// Too many outbound links were open to create one more.
     OverloadLinks,

@@ -110,6 +110,8 @@ pub struct EngineLimits {
     pub max_delayed: usize,
     /// Packets queued per outbound link; more are dropped.
     pub link_queue: usize,
+    /// Packets queued in all outbound links together; more are dropped.
+    pub max_link_queued: usize,
     /// Outbound links open at once.
     pub max_links: usize,
     /// Time to connect an outbound link, ms.
@@ -132,8 +134,9 @@ impl Default for EngineLimits {
             read_timeout_secs: 180,
             unwrap_queue: 2048,
             max_unwrap_dwell_ms: 250,
-            max_delayed: 200_000,
-            link_queue: 4096,
+            max_delayed: 50_000,
+            link_queue: 2048,
+            max_link_queued: 16_384,
             max_links: 1024,
             connect_timeout_ms: 5_000,
             write_timeout_ms: 10_000,
@@ -154,6 +157,7 @@ impl EngineLimits {
             ("max_unwrap_dwell_ms", self.max_unwrap_dwell_ms),
             ("max_delayed", self.max_delayed as u64),
             ("link_queue", self.link_queue as u64),
+            ("max_link_queued", self.max_link_queued as u64),
             ("max_links", self.max_links as u64),
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),
