@@ -129,16 +129,26 @@ pub async fn start_mixnode(
         what: "could not set up the directory client",
         source: Box::new(source),
     })?;
+    // A token of our own: a failed start stops what it started without
+    // cancelling the caller's token (devnet shares one between nodes).
+    let shutdown = shutdown.child_token();
     let watch = spawn_follower(client.clone(), clock.clone(), shutdown.clone());
     let epoch_secs = config.network.epoch_secs;
-    let node = start_mixnode_with_topology(
+    let node = match start_mixnode_with_topology(
         config,
         identity,
         clock.clone(),
         Arc::new(WatchTopology(watch)),
         shutdown.clone(),
     )
-    .await?;
+    .await
+    {
+        Ok(node) => node,
+        Err(e) => {
+            shutdown.cancel();
+            return Err(e);
+        }
+    };
     let (identity, public_addr, keys) =
         (node.identity.clone(), node.public_addr, node.keys.clone());
     spawn_registration(
@@ -165,6 +175,9 @@ pub async fn start_mixnode_with_topology(
     shutdown: CancellationToken,
 ) -> Result<MixNodeHandle> {
     config.validate()?;
+    // A token of our own: a failed start stops what it started without
+    // cancelling the caller's token (devnet shares one between nodes).
+    let shutdown = shutdown.child_token();
     let node_id = IdentityKey::from(&identity.verifying_key()).node_id();
     fsutil::private_dir(&config.data_dir)?;
     let keys = {
@@ -208,7 +221,8 @@ pub async fn start_mixnode_with_topology(
         final_hop,
         &mut registry,
         shutdown.clone(),
-    )?;
+    )
+    .inspect_err(|_| shutdown.cancel())?;
     let public_addr = config.public_addr.unwrap_or(engine.local_addr);
     if public_addr.ip().is_unspecified() {
         shutdown.cancel();

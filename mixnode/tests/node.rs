@@ -184,14 +184,17 @@ async fn a_wildcard_listen_address_needs_a_public_address() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.listen_addr = "0.0.0.0:0".parse().unwrap();
+    let shared = CancellationToken::new();
     let err = start_mixnode_with_topology(
         c,
         identity(1),
         mid_epoch_clock(),
         Arc::new(StaticTopology::new()),
-        CancellationToken::new(),
+        shared.clone(),
     )
     .await
     .unwrap_err();
     assert!(err.to_string().contains("public_addr"), "{err}");
+    // A failed start does not stop whatever else shares the caller's token.
+    assert!(!shared.is_cancelled());
 }
