@@ -23,7 +23,8 @@ pub fn sample_exponential<R: Rng + ?Sized>(rng: &mut R, mean: Duration) -> Durat
         return Duration::ZERO;
     }
     let x: f64 = Exp1.sample(rng);
-    Duration::from_secs_f64(x * mean.as_secs_f64())
+    // Saturate rather than panic for a mean near `Duration::MAX`.
+    Duration::try_from_secs_f64(x * mean.as_secs_f64()).unwrap_or(Duration::MAX)
 }
 
 /// Draws a per-hop delay: exponential with mean `mean`, clamped to `max`
@@ -43,13 +44,15 @@ pub fn sample_delays<R: Rng + ?Sized>(
 }
 
 /// The time to the next event of a Poisson process of `rate` events per
-/// second. `None` for a rate of zero (the process never fires).
+/// second. `None` for a rate of zero (the process never fires), and for an
+/// interval too long for a `Duration` (a rate so small that it never fires
+/// either).
 pub fn next_poisson_interval<R: Rng + ?Sized>(rng: &mut R, rate: f64) -> Option<Duration> {
     if !(rate.is_finite() && rate > 0.0) {
         return None;
     }
     let x: f64 = Exp1.sample(rng);
-    Some(Duration::from_secs_f64(x / rate))
+    Duration::try_from_secs_f64(x / rate).ok()
 }
 
 /// Chooses one index per layer, uniformly and independently, into `out`
@@ -172,8 +175,8 @@ impl ClientSchedule {
         Self {
             send_rate,
             loop_rate,
-            next_send: next_poisson_interval(rng, send_rate).map(|d| now + d),
-            next_loop: next_poisson_interval(rng, loop_rate).map(|d| now + d),
+            next_send: next_poisson_interval(rng, send_rate).and_then(|d| now.checked_add(d)),
+            next_loop: next_poisson_interval(rng, loop_rate).and_then(|d| now.checked_add(d)),
         }
     }
 
@@ -207,10 +210,12 @@ impl ClientSchedule {
         let (at, stream) = self.peek()?;
         match stream {
             Stream::Send => {
-                self.next_send = next_poisson_interval(rng, self.send_rate).map(|d| at + d);
+                self.next_send =
+                    next_poisson_interval(rng, self.send_rate).and_then(|d| at.checked_add(d));
             }
             Stream::Loop => {
-                self.next_loop = next_poisson_interval(rng, self.loop_rate).map(|d| at + d);
+                self.next_loop =
+                    next_poisson_interval(rng, self.loop_rate).and_then(|d| at.checked_add(d));
             }
         }
         Some((at, stream))
@@ -313,6 +318,21 @@ mod tests {
         let off = ClientSchedule::new(&mut rng, 0.0, 0.0, Duration::ZERO);
         assert!(off.sends_immediately());
         assert!(off.peek().is_none());
+    }
+
+    #[test]
+    fn tiny_rates_and_huge_means_do_not_panic() {
+        // NetworkParams::check accepts any rate in [0, 1e6], so a consensus
+        // may carry 1e-300: the interval overflows a Duration.
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        assert!(next_poisson_interval(&mut rng, 1e-300).is_none());
+        let mut s = ClientSchedule::new(&mut rng, 1e-300, 1.0, Duration::MAX);
+        while s.pop(&mut rng).is_some() {}
+        let huge = sample_exponential(&mut rng, Duration::MAX);
+        assert!(huge > Duration::ZERO);
+        assert!(
+            sample_delay(&mut rng, Duration::MAX, Duration::from_secs(1)) <= Duration::from_secs(1)
+        );
     }
 
     #[test]

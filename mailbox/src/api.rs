@@ -1,0 +1,352 @@
+//! The fetch API over HTTP: queue creation, owner requests (fetch, ack,
+//! delete), `/metrics` and `/healthz`.
+//!
+//! Every refusal is a 4xx/5xx with a one-line plain-text reason, counted by
+//! reason in `murmur_mailbox_api_errors_total`:
+//!
+//! | status | reason label | when |
+//! |---|---|---|
+//! | 400 | `malformed` | the body does not decode, has an unknown version, or asks for a fetch of 0 entries |
+//! | 401 | `bad_signature` | the signature does not verify under the owner key (or the key is not a valid point) |
+//! | 401 | `stale` | the timestamp is more than `FRESHNESS_WINDOW_SECS` away from the provider's clock, or older than the provider's start |
+//! | 404 | `unknown_queue` | no such queue |
+//! | 409 | `replayed` | the nonce was seen for this queue (or owner key) within the window |
+//! | 413 | `too_large` | the body is over `MAX_REQUEST_SIZE` bytes |
+//! | 503 | `queue_cap` | creation refused: the provider holds its maximum number of queues |
+//! | 503 | `busy` | the replay cache is full of live nonces; retry later |
+//! | 404/405 | `not_found` | unknown path or method |
+//! | 500 | `internal` | storage failed (logged) |
+//!
+//! Checks run in this order: size, decoding, timestamp, queue lookup,
+//! signature, nonce. A nonce is remembered only once the signature has
+//! verified, so nobody but the owner can use up the owner's nonces.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use murmur_directory::clock::Clock;
+use murmur_directory::http::{HttpResponse, POSTCARD, read_body, response, text};
+use murmur_wire::mailbox::{
+    AckResponse, CreateQueueResponse, FRESHNESS_WINDOW_SECS, MAX_REQUEST_SIZE, OwnerOp,
+    SignedCreateQueue, SignedOwnerRequest,
+};
+use murmur_wire::{IdentityKey, QueueId};
+
+use crate::metrics::Metrics;
+use crate::nonce::{NonceCache, NonceCheck, Scope};
+use crate::store::{CreateOutcome, Store};
+
+/// Settings of the fetch API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Queues the provider holds at most; creation beyond is refused (503).
+    pub max_queues: u64,
+    /// Nonces remembered at most (each for at most twice the freshness window).
+    pub nonce_cache_capacity: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_queues: 1_000_000,
+            nonce_cache_capacity: 200_000,
+        }
+    }
+}
+
+/// A refusal: status, reason label, one-line message.
+struct Refusal {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+fn refuse(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason,
+        message: message.into(),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    tracing::error!(error = %e, "fetch API request failed in storage");
+    refuse(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+}
+
+/// Maps a wire error on decoding/verifying a request to a refusal.
+fn wire_refusal(e: murmur_wire::Error) -> Refusal {
+    match e {
+        murmur_wire::Error::BadSignature { .. } | murmur_wire::Error::InvalidPublicKey { .. } => {
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                "bad_signature",
+                format!("bad signature: {e}"),
+            )
+        }
+        other => refuse(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("malformed request: {other}"),
+        ),
+    }
+}
+
+/// The fetch API's state, shared by every request.
+#[derive(Debug)]
+pub struct Api {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    nonces: NonceCache,
+    config: ApiConfig,
+    /// Requests signed before this (unix seconds) are refused: the nonce
+    /// cache is in memory and starts empty, so this keeps a request captured
+    /// before a restart from being replayed after it.
+    not_before: u64,
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Api {
+    /// The API over `store`, judging freshness by `clock`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        config: ApiConfig,
+    ) -> Self {
+        let not_before = clock.now_secs();
+        Self {
+            store,
+            clock,
+            metrics,
+            nonces: NonceCache::new(config.nonce_cache_capacity),
+            config,
+            not_before,
+        }
+    }
+
+    /// Serves one HTTP request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
+        let method = req.method().clone();
+        let result = match (method, req.uri().path()) {
+            (Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
+            (Method::GET, "/metrics") => {
+                return murmur_directory::http::metrics(self.metrics.registry());
+            }
+            (Method::POST, "/v1/queues") => match self.body(req).await {
+                Ok(body) => self.create(&body).await,
+                Err(r) => Err(r),
+            },
+            (Method::POST, "/v1/queue") => match self.body(req).await {
+                Ok(body) => self.owner(&body).await,
+                Err(r) => Err(r),
+            },
+            (_, "/healthz" | "/metrics" | "/v1/queues" | "/v1/queue") => Err(refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not_found",
+                "method not allowed",
+            )),
+            _ => Err(refuse(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+            )),
+        };
+        match result {
+            Ok(resp) => resp,
+            Err(r) => {
+                self.metrics.api_error(r.reason);
+                tracing::debug!(status = %r.status, reason = r.reason, "refused a fetch API request");
+                text(r.status, r.message)
+            }
+        }
+    }
+
+    async fn body(&self, req: Request<Incoming>) -> Result<Bytes, Refusal> {
+        match read_body(req, MAX_REQUEST_SIZE).await {
+            Ok((_, body)) => Ok(body),
+            Err(resp) if resp.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body exceeds {MAX_REQUEST_SIZE} bytes"),
+            )),
+            Err(_) => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                "could not read the request body",
+            )),
+        }
+    }
+
+    fn check_time(&self, timestamp: u64) -> Result<u64, Refusal> {
+        let now = self.clock.now_secs();
+        if timestamp.abs_diff(now) > FRESHNESS_WINDOW_SECS {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "stale",
+                format!(
+                    "stale request: timestamp {timestamp} is more than {FRESHNESS_WINDOW_SECS} s from the provider's clock ({now})"
+                ),
+            ));
+        }
+        if timestamp < self.not_before {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "stale",
+                format!(
+                    "stale request: timestamp {timestamp} is older than the provider's last start ({})",
+                    self.not_before
+                ),
+            ));
+        }
+        Ok(now)
+    }
+
+    fn check_nonce(
+        &self,
+        scope: Scope,
+        nonce: [u8; 16],
+        timestamp: u64,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        match self.nonces.check(
+            scope,
+            nonce,
+            timestamp.saturating_add(FRESHNESS_WINDOW_SECS),
+            now,
+        ) {
+            NonceCheck::Fresh => Ok(()),
+            NonceCheck::Replayed => Err(refuse(
+                StatusCode::CONFLICT,
+                "replayed",
+                "replayed request: this nonce was already used",
+            )),
+            NonceCheck::Full => Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many recent requests to check for replays; retry later",
+            )),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> crate::Result<T> + Send + 'static,
+    ) -> Result<T, Refusal> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&*store)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(internal(e)),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn create(&self, body: &[u8]) -> Result<HttpResponse, Refusal> {
+        let signed = SignedCreateQueue::from_bytes(body).map_err(wire_refusal)?;
+        let req = signed.verify().map_err(wire_refusal)?;
+        let now = self.check_time(req.timestamp)?;
+        let mut scope = [0u8; 33];
+        scope[1..].copy_from_slice(&req.owner.0);
+        self.check_nonce(scope, req.nonce, req.timestamp, now)?;
+        let owner: IdentityKey = req.owner;
+        let max = self.config.max_queues;
+        let queue = self
+            .blocking(move |store| {
+                // A fresh random id collides with an existing one with
+                // probability ~2^-200; try again rather than fail.
+                for _ in 0..4 {
+                    let queue = QueueId::random(&mut rand::rng());
+                    match store.create_queue(&queue, &owner, now, max)? {
+                        CreateOutcome::Created => return Ok(Some(queue)),
+                        CreateOutcome::AtCapacity => return Ok(None),
+                        CreateOutcome::Exists => continue,
+                    }
+                }
+                Ok(None)
+            })
+            .await?;
+        let Some(queue) = queue else {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_cap",
+                "this provider holds its maximum number of queues",
+            ));
+        };
+        self.metrics.queues_created.inc();
+        self.metrics.queues.inc();
+        encoded(CreateQueueResponse { queue }.to_bytes())
+    }
+
+    async fn owner(&self, body: &[u8]) -> Result<HttpResponse, Refusal> {
+        let signed = SignedOwnerRequest::from_bytes(body).map_err(wire_refusal)?;
+        let peeked = signed.peek().map_err(wire_refusal)?;
+        let now = self.check_time(peeked.timestamp)?;
+        let queue = peeked.queue;
+        let info = self.blocking(move |store| store.queue(&queue)).await?;
+        let Some(info) = info else {
+            return Err(unknown_queue());
+        };
+        let req = signed.verify(&info.owner).map_err(wire_refusal)?;
+        let mut scope = [1u8; 33];
+        scope[1..].copy_from_slice(queue.as_bytes());
+        self.check_nonce(scope, req.nonce, req.timestamp, now)?;
+        match req.op {
+            OwnerOp::Fetch { limit: 0, .. } => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                "malformed request: a fetch must ask for at least one entry",
+            )),
+            OwnerOp::Fetch { after, limit } => {
+                let page = self
+                    .blocking(move |store| store.fetch(&queue, after, limit))
+                    .await?
+                    .ok_or_else(unknown_queue)?;
+                self.metrics.fetches.inc();
+                encoded(page.to_bytes())
+            }
+            OwnerOp::Ack { up_to } => {
+                let deleted = self
+                    .blocking(move |store| store.ack(&queue, up_to))
+                    .await?
+                    .ok_or_else(unknown_queue)?;
+                self.metrics.owner_acks.inc();
+                self.metrics.entries_deleted.inc_by(deleted);
+                encoded(AckResponse { deleted }.to_bytes())
+            }
+            OwnerOp::DeleteQueue => {
+                if !self
+                    .blocking(move |store| store.delete_queue(&queue))
+                    .await?
+                {
+                    return Err(unknown_queue());
+                }
+                self.metrics.queues_deleted.inc();
+                self.metrics.queues.dec();
+                Ok(response(StatusCode::OK, POSTCARD, Bytes::new()))
+            }
+        }
+    }
+}
+
+fn unknown_queue() -> Refusal {
+    refuse(StatusCode::NOT_FOUND, "unknown_queue", "no such queue")
+}
+
+fn encoded(bytes: murmur_wire::Result<Vec<u8>>) -> Result<HttpResponse, Refusal> {
+    match bytes {
+        Ok(b) => Ok(response(StatusCode::OK, POSTCARD, b)),
+        Err(e) => Err(internal(e)),
+    }
+}

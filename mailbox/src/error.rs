@@ -1,0 +1,121 @@
+//! The one error type of murmur-mailbox.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// What can go wrong while running a mailbox provider.
+///
+/// Problems with a single packet or a single HTTP request are not errors of
+/// this type: they are counted drops or 4xx answers. These are the failures
+/// an operator has to act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database file could not be created or opened.
+    #[error("could not open the mailbox database {path}")]
+    OpenDatabase {
+        /// The database file.
+        path: PathBuf,
+        /// redb's error.
+        #[source]
+        source: redb::DatabaseError,
+    },
+
+    /// A storage operation failed (I/O error, corruption detected by redb).
+    #[error("storage failed while {during}")]
+    Storage {
+        /// What the store was doing.
+        during: &'static str,
+        /// redb's error.
+        #[source]
+        source: redb::Error,
+    },
+
+    /// A record in the database does not have the layout this version writes.
+    #[error("corrupt {what} record in the mailbox database")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+    },
+
+    /// The database was written by an incompatible version of this crate.
+    #[error(
+        "mailbox database schema version {found} is not supported (this build uses {expected})"
+    )]
+    Schema {
+        /// The version in the file.
+        found: u64,
+        /// The version this build reads and writes.
+        expected: u64,
+    },
+
+    /// A file (configuration, key) could not be read or written.
+    #[error("could not {action} {path}")]
+    File {
+        /// "read", "write", "create".
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The configuration file is not valid (syntax, unknown key, bad value).
+    #[error("invalid configuration {path}")]
+    Config {
+        /// The configuration file.
+        path: PathBuf,
+        /// The TOML parser's error, which names the key.
+        #[source]
+        source: toml::de::Error,
+    },
+
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    ConfigValue(String),
+
+    /// The identity key file does not hold a key.
+    #[error("invalid identity key file {path}: {reason}")]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: &'static str,
+    },
+
+    /// A listening socket could not be bound.
+    #[error("could not listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A background thread could not be started.
+    #[error("could not start the {what} thread")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A blocking task (storage work off the async threads) panicked or was
+    /// cancelled.
+    #[error("a background task failed while {during}")]
+    Task {
+        /// What the task was doing.
+        during: &'static str,
+    },
+
+    /// The provider was started outside a tokio runtime.
+    #[error("the mailbox provider must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// Result alias for murmur-mailbox.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

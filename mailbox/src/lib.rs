@@ -1,0 +1,22 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+mod daemon;
+mod error;
+pub mod metrics;
+mod nonce;
+pub mod provider;
+pub mod reaper;
+pub mod store;
+pub mod writer;
+
+pub use api::{Api, ApiConfig};
+pub use config::{Config, EXAMPLE_CONFIG};
+pub use daemon::{MailboxHandle, init_dir, load_identity, start_mailbox};
+pub use error::{Error, Result};
+pub use metrics::Metrics;
+pub use provider::{Mailbox, PacketSink, WriterThread};
+pub use store::{CreateOutcome, InsertOutcome, NewItem, QueueInfo, Quota, RedbStore, Store};
+pub use writer::{Writer, WriterConfig};

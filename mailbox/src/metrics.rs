@@ -1,0 +1,280 @@
+//! The provider's Prometheus metrics (served at `/metrics`).
+//!
+//! Counters only ever count events: no label carries a queue id, a message
+//! id or anything else that would tell one queue or one sender from another.
+
+use std::sync::atomic::AtomicU64;
+
+use murmur_wire::mailbox::QueueItem;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::store::InsertOutcome;
+
+type Labels = [(&'static str, &'static str); 1];
+type Counters = Family<Labels, Counter>;
+
+/// Outcome labels of stored items.
+const OUTCOMES: [&str; 6] = [
+    "stored",
+    "duplicate",
+    "refused_full",
+    "unknown_queue",
+    "overloaded",
+    "failed",
+];
+
+/// Why a final-hop item was not stored (or stored once more).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Stored = 0,
+    Duplicate = 1,
+    RefusedFull = 2,
+    UnknownQueue = 3,
+    Overloaded = 4,
+    Failed = 5,
+}
+
+impl From<InsertOutcome> for Outcome {
+    fn from(o: InsertOutcome) -> Self {
+        match o {
+            InsertOutcome::Stored { .. } => Self::Stored,
+            InsertOutcome::Duplicate { .. } => Self::Duplicate,
+            InsertOutcome::QueueFull => Self::RefusedFull,
+            InsertOutcome::UnknownQueue => Self::UnknownQueue,
+        }
+    }
+}
+
+/// The kinds of stored items, counted apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Deposit,
+    Loop,
+    Reply,
+}
+
+impl Kind {
+    pub(crate) fn of(item: &QueueItem) -> Self {
+        match item {
+            QueueItem::Deposit { .. } => Self::Deposit,
+            QueueItem::Loop { .. } => Self::Loop,
+            QueueItem::Reply { .. } => Self::Reply,
+        }
+    }
+}
+
+/// Reasons the fetch API refuses a request, as metric labels.
+pub(crate) const API_ERRORS: [&str; 10] = [
+    "malformed",
+    "bad_signature",
+    "stale",
+    "replayed",
+    "unknown_queue",
+    "too_large",
+    "queue_cap",
+    "busy",
+    "not_found",
+    "internal",
+];
+
+/// Every metric of a provider, registered in one [`Registry`].
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    deposits: [Counter; 6],
+    loops: [Counter; 6],
+    replies: [Counter; 6],
+    pub(crate) drop_cover: Counter,
+    pub(crate) malformed: Counter,
+    pub(crate) acks_sent: Counter,
+    pub(crate) acks_failed: Counter,
+    batch_size: Histogram,
+    // The histogram's count and sum, readable (the histogram's are not).
+    batches: Counter,
+    batched_items: Counter,
+    pub(crate) commit_failures: Counter,
+    pub(crate) fetches: Counter,
+    pub(crate) owner_acks: Counter,
+    pub(crate) entries_deleted: Counter,
+    pub(crate) queues_created: Counter,
+    pub(crate) queues_deleted: Counter,
+    pub(crate) reaped: Counter,
+    pub(crate) queues: Gauge<u64, AtomicU64>,
+    api_errors: Counters,
+}
+
+fn per_outcome(family: &Counters) -> [Counter; 6] {
+    OUTCOMES.map(|o| family.get_or_create_owned(&[("outcome", o)]))
+}
+
+impl Metrics {
+    /// Creates and registers every metric (prefix `murmur_mailbox`).
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("murmur_mailbox");
+        let deposits = Counters::default();
+        registry.register(
+            "deposits",
+            "Deposits received, by outcome (overloaded: the write queue was full; failed: the commit failed)",
+            deposits.clone(),
+        );
+        let loops = Counters::default();
+        registry.register(
+            "loops",
+            "Loop cover packets received, by outcome",
+            loops.clone(),
+        );
+        let replies = Counters::default();
+        registry.register(
+            "replies",
+            "SURB replies (acknowledgements for queue owners) received, by outcome",
+            replies.clone(),
+        );
+        let api_errors = Counters::default();
+        registry.register(
+            "api_errors",
+            "Fetch API requests refused, by reason",
+            api_errors.clone(),
+        );
+        for reason in API_ERRORS {
+            // Create each series up front so that it shows at zero.
+            drop(api_errors.get_or_create(&[("reason", reason)]));
+        }
+        let m = Self {
+            deposits: per_outcome(&deposits),
+            loops: per_outcome(&loops),
+            replies: per_outcome(&replies),
+            drop_cover: Counter::default(),
+            malformed: Counter::default(),
+            acks_sent: Counter::default(),
+            acks_failed: Counter::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            batches: Counter::default(),
+            batched_items: Counter::default(),
+            commit_failures: Counter::default(),
+            fetches: Counter::default(),
+            owner_acks: Counter::default(),
+            entries_deleted: Counter::default(),
+            queues_created: Counter::default(),
+            queues_deleted: Counter::default(),
+            reaped: Counter::default(),
+            queues: Gauge::default(),
+            api_errors,
+            registry,
+        };
+        m.register_rest()
+    }
+
+    fn register_rest(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "drop_cover",
+            "Drop cover packets received and discarded",
+            self.drop_cover.clone(),
+        );
+        r.register(
+            "malformed",
+            "Final-hop packets whose payload could not be parsed, dropped",
+            self.malformed.clone(),
+        );
+        r.register(
+            "acks_sent",
+            "Acknowledgements handed to the mixnet after a deposit was durable",
+            self.acks_sent.clone(),
+        );
+        r.register(
+            "acks_failed",
+            "Acknowledgements that could not be built or sent",
+            self.acks_failed.clone(),
+        );
+        r.register(
+            "batch_size",
+            "Items per group-commit transaction",
+            self.batch_size.clone(),
+        );
+        r.register(
+            "commit_failures",
+            "Group-commit transactions that failed (their items were not stored or acknowledged)",
+            self.commit_failures.clone(),
+        );
+        r.register("fetches", "Owner fetches served", self.fetches.clone());
+        r.register(
+            "owner_acks",
+            "Owner acknowledgements (deletions up to a sequence number) served",
+            self.owner_acks.clone(),
+        );
+        r.register(
+            "entries_deleted",
+            "Entries deleted by owner acknowledgements",
+            self.entries_deleted.clone(),
+        );
+        r.register(
+            "queues_created",
+            "Queues created",
+            self.queues_created.clone(),
+        );
+        r.register(
+            "queues_deleted",
+            "Queues deleted by their owners",
+            self.queues_deleted.clone(),
+        );
+        r.register(
+            "reaped",
+            "Entries deleted by the reaper after the retention time",
+            self.reaped.clone(),
+        );
+        r.register("queues", "Queues that exist", self.queues.clone());
+        self
+    }
+
+    /// The registry, for rendering.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub(crate) fn count(&self, kind: Kind, outcome: Outcome) {
+        let set = match kind {
+            Kind::Deposit => &self.deposits,
+            Kind::Loop => &self.loops,
+            Kind::Reply => &self.replies,
+        };
+        set[outcome as usize].inc();
+    }
+
+    pub(crate) fn batch(&self, items: usize) {
+        self.batch_size.observe(items as f64);
+        self.batches.inc();
+        self.batched_items.inc_by(items as u64);
+    }
+
+    pub(crate) fn api_error(&self, reason: &'static str) {
+        self.api_errors.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Deposits with the given outcome label so far (for tests and benchmarks).
+    pub fn deposits(&self, outcome: &str) -> u64 {
+        OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .map_or(0, |i| self.deposits[i].get())
+    }
+
+    /// Group-commit transactions so far, and the items they held.
+    pub fn batches(&self) -> (u64, u64) {
+        (self.batches.get(), self.batched_items.get())
+    }
+
+    /// Acknowledgements handed to the packet sink so far.
+    pub fn acks_sent(&self) -> u64 {
+        self.acks_sent.get()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

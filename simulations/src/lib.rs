@@ -1,0 +1,15 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod engine;
+mod error;
+pub mod params;
+pub mod plot;
+pub mod report;
+pub mod study;
+
+pub use engine::{Samples, simulate, simulate_with_samples};
+pub use error::{Error, Result};
+pub use params::{LinkDelay, Params};
+pub use report::Report;
+pub use study::{Study, SweepAxis, SweepPoint};
