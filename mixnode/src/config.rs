@@ -406,6 +406,9 @@ mod tests {
         for text in [
             "data_dir = \"d\"\n[keys]\ngrace_secs = 3600\n".to_owned(),
             "data_dir = \"d\"\n[engine]\nunwrap_queue = 0\n".to_owned(),
+            "data_dir = \"d\"\n[engine]\nread_timeout_secs = 18446744073709551615\n".to_owned(),
+            "data_dir = \"d\"\n[loops]\ntimeout_slack_ms = 18446744073709551615\n".to_owned(),
+            "data_dir = \"d\"\n[replay]\nfsync_interval_ms = 0\n".to_owned(),
             "data_dir = \"d\"\n[replay]\nfalse_positive_rate = 0.0\n".to_owned(),
             "data_dir = \"d\"\npublic_addr = \"0.0.0.0:7300\"\n".to_owned(),
             "data_dir = \"d\"\n[[directory.authorities]]\naddr = \"127.0.0.1:1\"\nkey = \"nope\"\n"

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{FinalHop, Outbound, Topology};
+use crate::engine::{FinalHop, MAX_DELAY_CAP, Outbound, Topology};
 use crate::error::{Error, Result};
 
 /// Loop cover settings (the `[loops]` table of the configuration). The rate
@@ -58,9 +58,14 @@ impl Default for LoopSettings {
 impl LoopSettings {
     /// Checks the settings.
     pub fn check(&self) -> Result<()> {
-        if self.max_outstanding == 0 || self.timeout_slack_ms == 0 {
+        if self.max_outstanding == 0 || self.max_outstanding > 10_000_000 {
             return Err(Error::Config(
-                "loops.max_outstanding and loops.timeout_slack_ms must be positive".into(),
+                "loops.max_outstanding must be in 1..=10000000".into(),
+            ));
+        }
+        if self.timeout_slack_ms == 0 || self.timeout_slack_ms > 3_600_000 {
+            return Err(Error::Config(
+                "loops.timeout_slack_ms must be in 1..=3600000".into(),
             ));
         }
         Ok(())
@@ -426,7 +431,7 @@ fn send_loop(
     let b = pick(layer + 2)?;
     let params = consensus.params();
     let mean = Duration::from_micros(params.mean_delay_us);
-    let max = Duration::from_micros(params.max_delay_us);
+    let max = Duration::from_micros(params.max_delay_us).min(MAX_DELAY_CAP);
     let delays = vec![
         sample_delay(&mut rng, mean, max),
         sample_delay(&mut rng, mean, max),

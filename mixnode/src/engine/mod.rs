@@ -169,6 +169,29 @@ impl EngineLimits {
                 return Err(Error::Config(format!("engine.{name} must be positive")));
             }
         }
+        // Durations must stay far from overflowing a clock reading.
+        let week_ms = 7 * 24 * 3600 * 1000u64;
+        let durations_ms = [
+            (
+                "read_timeout_secs",
+                self.read_timeout_secs.saturating_mul(1000),
+            ),
+            ("max_unwrap_dwell_ms", self.max_unwrap_dwell_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+            (
+                "link_idle_timeout_secs",
+                self.link_idle_timeout_secs.saturating_mul(1000),
+            ),
+            ("reconnect_max_ms", self.reconnect_max_ms),
+        ];
+        for (name, ms) in durations_ms {
+            if ms > week_ms {
+                return Err(Error::Config(format!(
+                    "engine.{name} must be at most a week"
+                )));
+            }
+        }
         if self.reconnect_max_ms < self.reconnect_min_ms {
             return Err(Error::Config(
                 "engine.reconnect_max_ms must be at least engine.reconnect_min_ms".into(),

@@ -110,8 +110,15 @@ impl ReplaySettings {
                 "replay.false_positive_rate must be in (0, 0.1]".into(),
             ));
         }
-        if self.fsync_interval_ms == 0 || self.snapshot_interval_secs == 0 {
-            return Err(Error::Config("replay intervals must be positive".into()));
+        if self.fsync_interval_ms == 0 || self.fsync_interval_ms > 60_000 {
+            return Err(Error::Config(
+                "replay.fsync_interval_ms must be in 1..=60000".into(),
+            ));
+        }
+        if self.snapshot_interval_secs == 0 || self.snapshot_interval_secs > 86_400 {
+            return Err(Error::Config(
+                "replay.snapshot_interval_secs must be in 1..=86400".into(),
+            ));
         }
         let bytes = Bloom::<Tag>::compute_bitmap_size(
             self.expected_items(window),
