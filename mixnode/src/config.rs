@@ -1,0 +1,437 @@
+//! The mix node's configuration file (TOML): every key, its default, and
+//! the commented example `murmur-mixnode init` writes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use murmur_wire::IdentityKey;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{EngineLimits, ReplaySettings};
+use crate::error::{Error, Result};
+use crate::keys::KeySettings;
+use crate::loops::LoopSettings;
+
+/// The whole configuration of a mix node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixNodeConfig {
+    /// Where keys and the replay cache live (relative paths are relative to
+    /// the configuration file's directory).
+    pub data_dir: PathBuf,
+    /// The Ed25519 identity key file (base58 seed, mode 0600), read by the
+    /// binary. Relative to the configuration file's directory.
+    #[serde(default = "default_identity_key_file")]
+    pub identity_key_file: PathBuf,
+    /// Where to accept packet links.
+    #[serde(default = "default_listen_addr")]
+    pub listen_addr: SocketAddr,
+    /// The packet address published in the descriptor (what other nodes
+    /// connect to). Defaults to the bound listen address, which must then
+    /// not be a wildcard address.
+    #[serde(default)]
+    pub public_addr: Option<SocketAddr>,
+    /// Where `/metrics` and `/healthz` are served.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: SocketAddr,
+    /// Network-wide settings that must match the authorities'.
+    #[serde(default)]
+    pub network: NetworkSettings,
+    /// The directory authorities this node registers with and follows.
+    #[serde(default)]
+    pub directory: DirectorySettings,
+    /// Sphinx key rotation.
+    #[serde(default)]
+    pub keys: KeySettings,
+    /// Packet engine limits.
+    #[serde(default)]
+    pub engine: EngineLimits,
+    /// Replay cache sizing and persistence.
+    #[serde(default)]
+    pub replay: ReplaySettings,
+    /// Loop cover bookkeeping.
+    #[serde(default)]
+    pub loops: LoopSettings,
+}
+
+/// Network-wide settings (the `[network]` table).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Epoch length in seconds; must equal the authorities' `epoch_secs`.
+    pub epoch_secs: u64,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        Self { epoch_secs: 3600 }
+    }
+}
+
+/// One pinned directory authority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityPin {
+    /// Its HTTP address.
+    pub addr: SocketAddr,
+    /// Its Ed25519 public key, base58 (as `murmur-directory init` prints it).
+    pub key: String,
+}
+
+/// The directory (the `[directory]` table).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectorySettings {
+    /// The pinned authorities.
+    pub authorities: Vec<AuthorityPin>,
+    /// How many of them must sign a consensus.
+    pub threshold: usize,
+    /// Timeout of one request to an authority, ms.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for DirectorySettings {
+    fn default() -> Self {
+        Self {
+            authorities: Vec::new(),
+            threshold: 1,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl DirectorySettings {
+    /// The pinned authorities with their keys parsed.
+    pub fn pins(&self) -> Result<Vec<(SocketAddr, IdentityKey)>> {
+        self.authorities
+            .iter()
+            .map(|a| {
+                IdentityKey::from_base58(&a.key)
+                    .map(|k| (a.addr, k))
+                    .map_err(|e| Error::Config(format!("directory authority {}: key: {e}", a.addr)))
+            })
+            .collect()
+    }
+
+    /// Checks the settings (an empty list is allowed here; a node that
+    /// registers needs at least one authority).
+    pub fn check(&self) -> Result<()> {
+        let pins = self.pins()?;
+        if !pins.is_empty() && (self.threshold == 0 || self.threshold > pins.len()) {
+            return Err(Error::Config(format!(
+                "directory.threshold must be in 1..={}",
+                pins.len()
+            )));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(Error::Config(
+                "directory.request_timeout_ms must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_identity_key_file() -> PathBuf {
+    PathBuf::from("identity.key")
+}
+
+fn default_listen_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7300))
+}
+
+fn default_http_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7301))
+}
+
+impl MixNodeConfig {
+    /// A configuration with every default, keeping its files in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            identity_key_file: default_identity_key_file(),
+            listen_addr: default_listen_addr(),
+            public_addr: None,
+            http_addr: default_http_addr(),
+            network: NetworkSettings::default(),
+            directory: DirectorySettings::default(),
+            keys: KeySettings::default(),
+            engine: EngineLimits::default(),
+            replay: ReplaySettings::default(),
+            loops: LoopSettings::default(),
+        }
+    }
+
+    /// Parses a configuration; unknown keys are an error naming the key.
+    /// Relative paths stay relative (see [`MixNodeConfig::load`]).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|source| Error::ConfigParse {
+            path: path.to_owned(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a configuration file; relative paths in
+    /// it are resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io("could not read", path, e))?;
+        let mut cfg = Self::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.data_dir.is_relative() {
+            cfg.data_dir = base.join(&cfg.data_dir);
+        }
+        if cfg.identity_key_file.is_relative() {
+            cfg.identity_key_file = base.join(&cfg.identity_key_file);
+        }
+        Ok(cfg)
+    }
+
+    /// Checks every section.
+    pub fn validate(&self) -> Result<()> {
+        self.keys.check(self.network.epoch_secs)?;
+        self.engine.check()?;
+        self.replay.check(self.key_lifetime())?;
+        self.loops.check()?;
+        self.directory.check()?;
+        if let Some(addr) = self.public_addr
+            && (addr.ip().is_unspecified() || addr.port() == 0)
+        {
+            return Err(Error::Config(
+                "public_addr must be a concrete address and port".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long one Sphinx key is in use: an epoch plus the grace period.
+    pub fn key_lifetime(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.network.epoch_secs.saturating_add(self.keys.grace_secs))
+    }
+}
+
+/// The commented configuration `murmur-mixnode init` writes. Every key is
+/// shown with its default.
+pub fn example_config(
+    data_dir: &str,
+    listen_addr: SocketAddr,
+    public_addr: Option<SocketAddr>,
+    http_addr: SocketAddr,
+    authorities: &[AuthorityPin],
+    threshold: usize,
+) -> String {
+    let d = MixNodeConfig::new(data_dir);
+    let public = match public_addr {
+        Some(a) => format!("public_addr = \"{a}\""),
+        None => "# public_addr = \"203.0.113.7:7300\"".to_owned(),
+    };
+    let mut auth = String::new();
+    if authorities.is_empty() {
+        auth.push_str(
+            "# [[directory.authorities]]\n# addr = \"198.51.100.1:7100\"\n# key = \"<base58 public key printed by murmur-directory init>\"\n",
+        );
+    }
+    for a in authorities {
+        auth.push_str(&format!(
+            "[[directory.authorities]]\naddr = \"{}\"\nkey = \"{}\"\n\n",
+            a.addr, a.key
+        ));
+    }
+    let e = &d.engine;
+    let r = &d.replay;
+    format!(
+        r#"# murmur-mixnode configuration. Every key is shown with its default;
+# unknown keys are an error. Reference: docs/mixnode.md.
+
+# Where Sphinx keys (keys/) and the replay cache (replay/) are kept.
+# Relative paths are relative to this file.
+data_dir = "{data_dir}"
+# The node's Ed25519 identity key (base58, mode 0600). Its public half
+# derives the node id; keep it: a new key is a new node.
+identity_key_file = "{key_file}"
+# Where packet links are accepted (TCP).
+listen_addr = "{listen_addr}"
+# The packet address other nodes connect to, published in the descriptor.
+# Defaults to the listen address, which must then be a concrete address.
+{public}
+# Where /metrics (Prometheus) and /healthz are served. Keep it private.
+http_addr = "{http_addr}"
+
+[network]
+# Epoch length in seconds: must equal the authorities' epoch_secs.
+epoch_secs = {epoch_secs}
+
+[directory]
+# How many of the authorities below must sign a consensus.
+threshold = {threshold}
+# Timeout of one request to an authority, ms.
+request_timeout_ms = {req_ms}
+# The pinned authorities (address and base58 public key), one table each.
+{auth}
+[keys]
+# Seconds after an epoch starts during which the previous epoch's Sphinx key
+# is still accepted (packets in flight). Shorter than an epoch.
+grace_secs = {grace}
+# Upcoming epochs whose keys are generated and published ahead (1-3).
+ahead_epochs = {ahead}
+
+[engine]
+# Unwrap worker threads; 0 = one per core.
+workers = {workers}
+# Inbound connections served at once (more wait in the backlog).
+max_connections = {max_connections}
+# An inbound connection must complete a frame within this many seconds.
+read_timeout_secs = {read_timeout}
+# Packets waiting for a worker; more are dropped (overload_unwrap).
+unwrap_queue = {unwrap_queue}
+# A packet that waited longer than this for a worker is dropped, ms.
+max_unwrap_dwell_ms = {dwell}
+# Packets held for their delay at once; more are dropped (overload_delay).
+max_delayed = {max_delayed}
+# Packets queued per outbound link; more are dropped (overload_link).
+link_queue = {link_queue}
+# Packets queued in all outbound links together; more are dropped
+# (overload_link).
+max_link_queued = {max_link_queued}
+# Outbound links open at once.
+max_links = {max_links}
+# Time to connect an outbound link, ms.
+connect_timeout_ms = {connect}
+# Time to write a batch of packets before the link is reset, ms.
+write_timeout_ms = {write}
+# An outbound link idle this long is closed, seconds.
+link_idle_timeout_secs = {idle}
+# Reconnection backoff: first wait and largest wait, ms (with jitter).
+reconnect_min_ms = {rmin}
+reconnect_max_ms = {rmax}
+
+[replay]
+# Packets per second this node expects; sizes the replay filter together
+# with the key lifetime (epoch + grace). Memory: about 3.6 bytes per tag at
+# 1e-6, per key epoch held (one or two).
+expected_packet_rate = {rate:?}
+# Chance that a fresh packet is taken for a replay at the expected load.
+false_positive_rate = {fp:e}
+# New replay tags are fsynced this often, ms: a crash loses at most this
+# much of the cache (those packets could be replayed once after restart).
+fsync_interval_ms = {fsync}
+# A full snapshot of each filter is written this often, seconds.
+snapshot_interval_secs = {snap}
+
+[loops]
+# Loop cover packets in flight at once (the rate is the consensus
+# mix_loop_rate).
+max_outstanding = {max_out}
+# A loop is lost if it is not back this long after the sum of its delays, ms.
+timeout_slack_ms = {slack}
+"#,
+        key_file = d.identity_key_file.display(),
+        epoch_secs = d.network.epoch_secs,
+        req_ms = d.directory.request_timeout_ms,
+        grace = d.keys.grace_secs,
+        ahead = d.keys.ahead_epochs,
+        workers = e.workers,
+        max_connections = e.max_connections,
+        read_timeout = e.read_timeout_secs,
+        unwrap_queue = e.unwrap_queue,
+        dwell = e.max_unwrap_dwell_ms,
+        max_delayed = e.max_delayed,
+        link_queue = e.link_queue,
+        max_link_queued = e.max_link_queued,
+        max_links = e.max_links,
+        connect = e.connect_timeout_ms,
+        write = e.write_timeout_ms,
+        idle = e.link_idle_timeout_secs,
+        rmin = e.reconnect_min_ms,
+        rmax = e.reconnect_max_ms,
+        rate = r.expected_packet_rate,
+        fp = r.false_positive_rate,
+        fsync = r.fsync_interval_ms,
+        snap = r.snapshot_interval_secs,
+        max_out = d.loops.max_outstanding,
+        slack = d.loops.timeout_slack_ms,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin() -> AuthorityPin {
+        let k = murmur_wire::ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        AuthorityPin {
+            addr: "127.0.0.1:7100".parse().unwrap(),
+            key: IdentityKey::from(&k.verifying_key()).to_base58(),
+        }
+    }
+
+    #[test]
+    fn the_example_parses_to_the_defaults() {
+        let text = example_config(
+            "data",
+            default_listen_addr(),
+            None,
+            default_http_addr(),
+            &[],
+            1,
+        );
+        let cfg = MixNodeConfig::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(cfg, MixNodeConfig::new("data"));
+
+        let text = example_config(
+            "/var/lib/murmur",
+            "127.0.0.1:7300".parse().unwrap(),
+            Some("192.0.2.1:7300".parse().unwrap()),
+            default_http_addr(),
+            &[pin()],
+            1,
+        );
+        let cfg = MixNodeConfig::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.directory.authorities, vec![pin()]);
+        assert_eq!(cfg.public_addr, Some("192.0.2.1:7300".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let text = "data_dir = \"d\"\n[engine]\nworkerz = 3\n";
+        let err = MixNodeConfig::parse(text, Path::new("x.toml")).unwrap_err();
+        let msg = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(msg.contains("workerz"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for text in [
+            "data_dir = \"d\"\n[keys]\ngrace_secs = 3600\n".to_owned(),
+            "data_dir = \"d\"\n[engine]\nunwrap_queue = 0\n".to_owned(),
+            "data_dir = \"d\"\n[engine]\nread_timeout_secs = 18446744073709551615\n".to_owned(),
+            "data_dir = \"d\"\n[loops]\ntimeout_slack_ms = 18446744073709551615\n".to_owned(),
+            "data_dir = \"d\"\n[replay]\nfsync_interval_ms = 0\n".to_owned(),
+            "data_dir = \"d\"\n[replay]\nfalse_positive_rate = 0.0\n".to_owned(),
+            "data_dir = \"d\"\npublic_addr = \"0.0.0.0:7300\"\n".to_owned(),
+            "data_dir = \"d\"\n[[directory.authorities]]\naddr = \"127.0.0.1:1\"\nkey = \"nope\"\n"
+                .to_owned(),
+            format!(
+                "data_dir = \"d\"\n[directory]\nthreshold = 2\n[[directory.authorities]]\naddr = \"127.0.0.1:1\"\nkey = \"{}\"\n",
+                pin().key
+            ),
+        ] {
+            assert!(
+                MixNodeConfig::parse(&text, Path::new("x.toml")).is_err(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mixnode.toml");
+        std::fs::write(&path, "data_dir = \"data\"\n").unwrap();
+        let cfg = MixNodeConfig::load(&path).unwrap();
+        assert_eq!(cfg.data_dir, dir.path().join("data"));
+        assert_eq!(cfg.identity_key_file, dir.path().join("identity.key"));
+    }
+}

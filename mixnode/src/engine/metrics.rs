@@ -1,0 +1,299 @@
+//! The engine's counters, registered in the owner's Prometheus registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Why the engine dropped a packet (the `reason` label of `packets_dropped`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Not a packet for any key in the ring (header MAC), or Sphinx
+    /// processing failed (e.g. a final-hop payload that fails its check).
+    Malformed,
+    /// The replay tag was seen before in this key epoch.
+    Replay,
+    /// The next hop is in neither the current nor the previous consensus
+    /// (or there is no consensus yet).
+    UnknownNextHop,
+    /// The header asks for a longer delay than the consensus allows.
+    DelayTooLong,
+    /// The packet waited longer than `max_unwrap_dwell_ms` before a worker
+    /// picked it up.
+    DwellExceeded,
+    /// The unwrap queue was full.
+    OverloadUnwrap,
+    /// The delay queue was full.
+    OverloadDelay,
+    /// The next hop's link queue (or all link queues together) was full:
+    /// a slow or unreachable next hop.
+    OverloadLink,
+    /// Too many outbound links were open to create one more.
+    OverloadLinks,
+    /// The link to the next hop failed while the packet was being written.
+    LinkFailed,
+    /// The node shut down while the packet was held for its delay.
+    Shutdown,
+}
+
+impl DropReason {
+    /// Every reason.
+    pub const ALL: [Self; 11] = [
+        Self::Malformed,
+        Self::Replay,
+        Self::UnknownNextHop,
+        Self::DelayTooLong,
+        Self::DwellExceeded,
+        Self::OverloadUnwrap,
+        Self::OverloadDelay,
+        Self::OverloadLink,
+        Self::OverloadLinks,
+        Self::LinkFailed,
+        Self::Shutdown,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::Replay => "replay",
+            Self::UnknownNextHop => "unknown_next_hop",
+            Self::DelayTooLong => "delay_too_long",
+            Self::DwellExceeded => "dwell_exceeded",
+            Self::OverloadUnwrap => "overload_unwrap",
+            Self::OverloadDelay => "overload_delay",
+            Self::OverloadLink => "overload_link",
+            Self::OverloadLinks => "overload_links",
+            Self::LinkFailed => "link_failed",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
+}
+
+/// Why an inbound connection was closed (the `reason` label of
+/// `inbound_closed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed the connection cleanly between frames.
+    Eof,
+    /// The frame header was not a Murmur packet frame (magic, version, kind).
+    Garbage,
+    /// The frame announced a length other than the packet size.
+    WrongSize,
+    /// The connection ended inside a frame.
+    Truncated,
+    /// No complete frame within the read timeout.
+    Timeout,
+    /// A socket error.
+    Io,
+    /// The node shut down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Every reason.
+    pub const ALL: [Self; 7] = [
+        Self::Eof,
+        Self::Garbage,
+        Self::WrongSize,
+        Self::Truncated,
+        Self::Timeout,
+        Self::Io,
+        Self::Shutdown,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eof => "eof",
+            Self::Garbage => "garbage",
+            Self::WrongSize => "wrong_size",
+            Self::Truncated => "truncated",
+            Self::Timeout => "timeout",
+            Self::Io => "io",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CloseLabels {
+    reason: &'static str,
+}
+
+/// All engine metrics. Cheap to clone (every metric is a shared handle).
+#[derive(Clone, Debug)]
+pub(crate) struct EngineMetrics {
+    pub(crate) received: Counter,
+    pub(crate) forwarded: Counter,
+    pub(crate) delivered: Counter,
+    pub(crate) sent_own: Counter,
+    dropped: Family<DropLabels, Counter>,
+    closed: Family<CloseLabels, Counter>,
+    pub(crate) connections_open: Gauge,
+    pub(crate) connections_accepted: Counter,
+    pub(crate) links_up: Gauge,
+    pub(crate) link_connect_failures: Counter,
+    pub(crate) unwrap_queue: Gauge,
+    pub(crate) delay_queue: Gauge,
+    pub(crate) link_queue: Gauge,
+    pub(crate) processing: Histogram,
+    pub(crate) replay_persist_errors: Counter,
+}
+
+impl EngineMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            received: Counter::default(),
+            forwarded: Counter::default(),
+            delivered: Counter::default(),
+            sent_own: Counter::default(),
+            dropped: Family::default(),
+            closed: Family::default(),
+            connections_open: Gauge::default(),
+            connections_accepted: Counter::default(),
+            links_up: Gauge::default(),
+            link_connect_failures: Counter::default(),
+            unwrap_queue: Gauge::default(),
+            delay_queue: Gauge::default(),
+            link_queue: Gauge::default(),
+            // 25 µs .. ~0.8 s.
+            processing: Histogram::new(exponential_buckets(25e-6, 2.0, 16)),
+            replay_persist_errors: Counter::default(),
+        };
+        // Show every reason from the start, at zero.
+        for reason in DropReason::ALL {
+            let _ = m.dropped.get_or_create(&DropLabels {
+                reason: reason.as_str(),
+            });
+        }
+        for reason in CloseReason::ALL {
+            let _ = m.closed.get_or_create(&CloseLabels {
+                reason: reason.as_str(),
+            });
+        }
+        registry.register(
+            "packets_received",
+            "Packets read from inbound links (complete, well-formed frames)",
+            m.received.clone(),
+        );
+        registry.register(
+            "packets_forwarded",
+            "Packets written to the next hop's link",
+            m.forwarded.clone(),
+        );
+        registry.register(
+            "packets_delivered",
+            "Packets for which this node is the final hop, handed to the final-hop handler",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "packets_sent_own",
+            "Packets the node itself sent through its links (loops, acknowledgements), accepted into a link queue",
+            m.sent_own.clone(),
+        );
+        registry.register(
+            "packets_dropped",
+            "Packets dropped, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "inbound_closed",
+            "Inbound connections closed, by reason (garbage, wrong_size and truncated are bad frames)",
+            m.closed.clone(),
+        );
+        registry.register(
+            "inbound_connections",
+            "Inbound connections open",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "inbound_accepted",
+            "Inbound connections accepted",
+            m.connections_accepted.clone(),
+        );
+        registry.register("links_up", "Outbound links connected", m.links_up.clone());
+        registry.register(
+            "link_connect_failures",
+            "Failed attempts to connect an outbound link",
+            m.link_connect_failures.clone(),
+        );
+        registry.register(
+            "unwrap_queue_depth",
+            "Packets waiting for a worker",
+            m.unwrap_queue.clone(),
+        );
+        registry.register(
+            "delay_queue_depth",
+            "Packets held for their delay",
+            m.delay_queue.clone(),
+        );
+        registry.register(
+            "link_queue_depth",
+            "Packets waiting in outbound link queues (all links)",
+            m.link_queue.clone(),
+        );
+        registry.register(
+            "processing_seconds",
+            "Time from a packet's arrival to the end of its unwrapping (queueing included)",
+            m.processing.clone(),
+        );
+        registry.register(
+            "replay_persist_errors",
+            "Failed writes of the replay cache (tag log, snapshot); replay protection continues in memory",
+            m.replay_persist_errors.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn drop(&self, reason: DropReason) {
+        self.dropped
+            .get_or_create(&DropLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn drop_n(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.dropped
+                .get_or_create(&DropLabels {
+                    reason: reason.as_str(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub(crate) fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped
+            .get_or_create(&DropLabels {
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+
+    pub(crate) fn closed(&self, reason: CloseReason) {
+        self.closed
+            .get_or_create(&CloseLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.closed
+            .get_or_create(&CloseLabels {
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+}

@@ -1,0 +1,235 @@
+//! `murmur-mixnode`: the Murmur mix node daemon.
+//!
+//! * `murmur-mixnode init --dir DIR` writes `DIR/mixnode.toml` (every key
+//!   commented, with its default) and a new Ed25519 identity key
+//!   `DIR/identity.key` (mode 0600), and prints the node id.
+//! * `murmur-mixnode run --config FILE` runs the node until SIGINT or
+//!   SIGTERM, then shuts down gracefully (replay cache persisted, links
+//!   closed).
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use murmur_directory::clock::SystemClock;
+use murmur_mixnode::config::{AuthorityPin, example_config};
+use murmur_mixnode::{MixNodeConfig, start_mixnode};
+use murmur_wire::IdentityKey;
+use murmur_wire::ed25519_dalek::SigningKey;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(name = "murmur-mixnode", version, about = "Murmur mix node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a commented configuration and a new identity key into DIR.
+    Init {
+        /// Directory for the configuration, the identity key and the data.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Packet listen address.
+        #[arg(long, default_value = "0.0.0.0:7300")]
+        listen: SocketAddr,
+        /// Packet address published to the directory (needed when
+        /// listening on a wildcard address).
+        #[arg(long)]
+        public_addr: Option<SocketAddr>,
+        /// Address of /metrics and /healthz.
+        #[arg(long, default_value = "127.0.0.1:7301")]
+        http: SocketAddr,
+        /// A directory authority, as ADDR=BASE58KEY (repeat for each).
+        #[arg(long = "authority", value_name = "ADDR=KEY")]
+        authorities: Vec<String>,
+        /// How many authorities must sign a consensus.
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+        /// Overwrite an existing configuration (an existing identity key is
+        /// always kept).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the node.
+    Run {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init {
+            dir,
+            listen,
+            public_addr,
+            http,
+            authorities,
+            threshold,
+            force,
+        } => init(
+            &dir,
+            listen,
+            public_addr,
+            http,
+            &authorities,
+            threshold,
+            force,
+        ),
+        Command::Run { config } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            // The Sphinx work runs on the engine's own worker threads (one
+            // per core); the runtime only does I/O, which costs about a
+            // tenth of the crypto per packet: a quarter of the cores is
+            // plenty, and fewer threads compete less with the workers.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads((cores / 4).max(1))
+                .enable_all()
+                .build()
+                .context("could not start the runtime")?;
+            runtime.block_on(run(&config))
+        }
+    }
+}
+
+fn parse_authority(s: &str) -> anyhow::Result<AuthorityPin> {
+    let (addr, key) = s
+        .split_once('=')
+        .with_context(|| format!("--authority {s}: expected ADDR=KEY"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--authority {s}: bad address"))?;
+    IdentityKey::from_base58(key).with_context(|| format!("--authority {s}: bad key"))?;
+    Ok(AuthorityPin {
+        addr,
+        key: key.to_owned(),
+    })
+}
+
+fn init(
+    dir: &Path,
+    listen: SocketAddr,
+    public_addr: Option<SocketAddr>,
+    http: SocketAddr,
+    authorities: &[String],
+    threshold: usize,
+    force: bool,
+) -> anyhow::Result<()> {
+    let pins = authorities
+        .iter()
+        .map(|a| parse_authority(a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("could not set permissions on {}", dir.display()))?;
+    let config_path = dir.join("mixnode.toml");
+    if config_path.exists() && !force {
+        bail!(
+            "{} exists; pass --force to overwrite it",
+            config_path.display()
+        );
+    }
+    let key_path = dir.join("identity.key");
+    let key = if key_path.exists() {
+        println!("keeping the existing identity key {}", key_path.display());
+        load_identity(&key_path)?
+    } else {
+        let key = SigningKey::generate(&mut rand::rng());
+        write_identity(&key_path, &key)?;
+        key
+    };
+    let text = example_config(".", listen, public_addr, http, &pins, threshold);
+    std::fs::write(&config_path, &text)
+        .with_context(|| format!("could not write {}", config_path.display()))?;
+    MixNodeConfig::load(&config_path).context("the written configuration does not load")?;
+    let identity = IdentityKey::from(&key.verifying_key());
+    println!("wrote {}", config_path.display());
+    println!("identity key {identity}");
+    println!("node id      {}", identity.node_id());
+    if pins.is_empty() {
+        println!("add the directory authorities to [directory] before `run`");
+    }
+    Ok(())
+}
+
+fn write_identity(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = Zeroizing::new(format!("{}\n", bs58::encode(key.to_bytes()).into_string()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("could not create {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn load_identity(path: &Path) -> anyhow::Result<SigningKey> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("could not read {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            "the identity key is readable by others; chmod 600 it"
+        );
+    }
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("could not read {}", path.display()))?,
+    );
+    let mut seed = Zeroizing::new([0u8; 32]);
+    let n = bs58::decode(text.trim())
+        .onto(&mut seed[..])
+        .map_err(|_| anyhow::anyhow!("{}: not a base58 Ed25519 seed", path.display()))?;
+    if n != 32 {
+        bail!("{}: an Ed25519 seed is 32 bytes, found {n}", path.display());
+    }
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = MixNodeConfig::load(config_path)?;
+    let identity = load_identity(&config.identity_key_file)?;
+    let shutdown = CancellationToken::new();
+    let node = start_mixnode(config, identity, Arc::new(SystemClock), shutdown.clone()).await?;
+    tracing::info!(
+        packet_addr = %node.packet_addr,
+        http_addr = %node.http_addr,
+        "mix node running"
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    node.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("could not listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("could not listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
