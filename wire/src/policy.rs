@@ -124,6 +124,81 @@ pub fn select_route<R: Rng + ?Sized>(
     Route::new(hops, delays)
 }
 
+/// As [`select_route`], but avoiding the mixes `avoid` returns true for
+/// (nodes that look dead), as long as a layer keeps at least one node: a
+/// layer whose every node is avoided is used whole. Choice within the
+/// remaining nodes is uniform.
+pub fn select_route_avoiding<R: Rng + ?Sized, F: Fn(&NodeId) -> bool>(
+    rng: &mut R,
+    consensus: &VerifiedConsensus,
+    provider: &NodeId,
+    avoid: F,
+) -> Result<Route> {
+    let provider = consensus
+        .mailboxes()
+        .iter()
+        .find(|m| m.id == *provider)
+        .ok_or(Error::InvalidRoute("the provider is not in the consensus"))?;
+    let mut hops = Vec::with_capacity(MIX_LAYERS + 1);
+    for layer in consensus.layers().iter().take(MIX_LAYERS) {
+        let healthy: Vec<&NodeInfo> = layer.iter().filter(|n| !avoid(&n.id)).collect();
+        let pick = if healthy.is_empty() {
+            if layer.is_empty() {
+                return Err(Error::InvalidRoute("a mix layer is empty"));
+            }
+            &layer[rng.random_range(0..layer.len())]
+        } else {
+            healthy[rng.random_range(0..healthy.len())]
+        };
+        hops.push(pick.hop());
+    }
+    if hops.len() != MIX_LAYERS {
+        return Err(Error::InvalidRoute("a mix layer is missing"));
+    }
+    hops.push(provider.hop());
+    let params = consensus.params();
+    let mut delays = sample_delays(
+        rng,
+        MIX_LAYERS,
+        Duration::from_micros(params.mean_delay_us),
+        Duration::from_micros(params.max_delay_us),
+    );
+    delays.push(Duration::ZERO);
+    Route::new(hops, delays)
+}
+
+/// The `q`-quantile (e.g. 0.999) of the sum of `n` independent exponential
+/// delays of mean `mean` (an Erlang distribution): how long a packet that
+/// crosses `n` Poisson mixes may take, used to set acknowledgement timeouts.
+pub fn erlang_quantile(n: u32, mean: Duration, q: f64) -> Duration {
+    if n == 0 || mean.is_zero() || !(0.0..1.0).contains(&q) {
+        return Duration::ZERO;
+    }
+    // P(sum > x) for rate 1 is exp(-x) * sum_{k<n} x^k / k!; bisect on it.
+    let tail = |x: f64| {
+        let mut term = 1.0;
+        let mut sum = 1.0;
+        for k in 1..n {
+            term *= x / f64::from(k);
+            sum += term;
+        }
+        (-x).exp() * sum
+    };
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while tail(hi) > 1.0 - q && hi < 1e6 {
+        hi *= 2.0;
+    }
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if tail(mid) > 1.0 - q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Duration::from_secs_f64(hi * mean.as_secs_f64())
+}
+
 /// What a client sends at a tick of its send stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendKind {
@@ -339,6 +414,32 @@ mod tests {
     fn send_tick_prefers_real() {
         assert_eq!(on_send_tick(true), SendKind::Real);
         assert_eq!(on_send_tick(false), SendKind::DropCover);
+    }
+
+    #[test]
+    fn erlang_quantiles_match_known_values() {
+        let s = Duration::from_secs(1);
+        // One exponential: the q-quantile is -ln(1-q).
+        let q1 = erlang_quantile(1, s, 0.99).as_secs_f64();
+        assert!((q1 - 4.60517).abs() < 1e-3, "{q1}");
+        // Erlang(6): the median is about 5.6704.
+        let med = erlang_quantile(6, s, 0.5).as_secs_f64();
+        assert!((med - 5.6704).abs() < 1e-3, "{med}");
+        // Simulated check of the 0.999 quantile.
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let q = erlang_quantile(6, s, 0.999);
+        let n = 200_000;
+        let over = (0..n)
+            .filter(|_| {
+                (0..6)
+                    .map(|_| sample_exponential(&mut rng, s))
+                    .sum::<Duration>()
+                    > q
+            })
+            .count();
+        let frac = over as f64 / n as f64;
+        assert!((frac - 0.001).abs() < 0.0005, "{frac}");
+        assert_eq!(erlang_quantile(0, s, 0.5), Duration::ZERO);
     }
 
     #[test]

@@ -1,0 +1,834 @@
+//! The client: its public API and the state its background tasks share.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use murmur_wire::{MessageId, NodeId, QueueId, SurbId, SurbRecovery, VerifiedConsensus};
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Error, Result};
+use crate::fragment::{self, FragmentKey};
+use crate::identity::{Identity, IdentityPublic, safety_number};
+use crate::invite::{Invitation, check_name};
+use crate::links::Links;
+use crate::mailbox_api::MailboxApi;
+use crate::seal::{self, Body, Envelope};
+use crate::store::{
+    ContactRecord, ContactState, OutFragment, OutMessage, OutState, OwnedQueue, Profile, Received,
+    Store,
+};
+use crate::{receive, send};
+
+/// The largest message (text or file) a client sends, in bytes.
+pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+const DB_FILE: &str = "client.redb";
+
+/// Where the client learns the verified network.
+pub trait ConsensusSource: Send + Sync + 'static {
+    /// The verified consensus for the current epoch, if there is one.
+    fn current(&self) -> Option<Arc<VerifiedConsensus>>;
+    /// Why there is none (for error messages), if known.
+    fn unavailable_reason(&self) -> Option<String>;
+}
+
+/// Tunables of a client.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// How often the client polls its queues.
+    pub fetch_interval: Duration,
+    /// Sends per packet before the message is reported failed.
+    pub max_tries: u32,
+    /// Acknowledgement timeout; derived from the consensus delays if unset.
+    pub ack_timeout: Option<Duration>,
+    /// Timeout of each HTTP request to a mailbox.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            fetch_interval: Duration::from_secs(1),
+            max_tries: 10,
+            ack_timeout: None,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A contact, as listed to the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactInfo {
+    /// Local name.
+    pub name: String,
+    /// True once they accepted (or we accepted theirs).
+    pub established: bool,
+}
+
+/// Progress of one outgoing message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Packets acknowledged by the recipient's mailbox.
+    pub acked: u32,
+    /// Packets in the message.
+    pub total: u32,
+    /// Where it stands.
+    pub state: OutState,
+}
+
+/// A message being sent: resolves once every packet is acknowledged.
+#[derive(Debug)]
+pub struct SendHandle {
+    id: MessageId,
+    rx: watch::Receiver<Progress>,
+    max_tries: u32,
+}
+
+impl SendHandle {
+    /// The message's id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// Current progress.
+    pub fn progress(&self) -> Progress {
+        *self.rx.borrow()
+    }
+
+    /// Waits for the next change of progress; `None` once the client stops.
+    pub async fn changed(&mut self) -> Option<Progress> {
+        self.rx.changed().await.ok()?;
+        Some(*self.rx.borrow())
+    }
+
+    /// Waits until the message is delivered (every packet acknowledged by the
+    /// recipient's mailbox) or has failed.
+    pub async fn delivered(mut self) -> Result<Progress> {
+        loop {
+            let p = *self.rx.borrow_and_update();
+            match p.state {
+                OutState::Delivered => return Ok(p),
+                OutState::Failed => {
+                    return Err(Error::SendFailed {
+                        tries: self.max_tries,
+                    });
+                }
+                OutState::Sending => {}
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(Error::Closed);
+            }
+        }
+    }
+}
+
+/// A message as delivered to the user.
+#[derive(Clone, Debug)]
+pub struct ReceivedMessage {
+    /// Position in the local inbox.
+    pub seq: u64,
+    /// The record.
+    pub message: Received,
+}
+
+/// The stream of received messages.
+#[derive(Debug)]
+pub struct Incoming {
+    rx: broadcast::Receiver<ReceivedMessage>,
+}
+
+impl Incoming {
+    /// The next message; `None` once the client stops. If this stream fell
+    /// behind, skipped messages are still in the inbox ([`Client::inbox`]).
+    pub async fn next(&mut self) -> Option<ReceivedMessage> {
+        loop {
+            match self.rx.recv().await {
+                Ok(m) => return Some(m),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// Counters a client keeps (since it started).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClientStats {
+    /// Real packets sent, first tries.
+    pub real_sent: u64,
+    /// Real packets sent again after a timeout.
+    pub retransmissions: u64,
+    /// Drop-cover packets sent.
+    pub drop_cover_sent: u64,
+    /// Loop-cover packets sent.
+    pub loop_cover_sent: u64,
+    /// Loop-cover packets that came back.
+    pub loops_returned: u64,
+    /// Acknowledgements verified.
+    pub acks: u64,
+    /// Packets the links dropped.
+    pub link_drops: u64,
+    /// Fetched entries that could not be used (garbage, wrong key).
+    pub bad_entries: u64,
+    /// Messages delivered to this client.
+    pub delivered: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) real_sent: AtomicU64,
+    pub(crate) retransmissions: AtomicU64,
+    pub(crate) drop_cover_sent: AtomicU64,
+    pub(crate) loop_cover_sent: AtomicU64,
+    pub(crate) loops_returned: AtomicU64,
+    pub(crate) acks: AtomicU64,
+    pub(crate) bad_entries: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+}
+
+/// An in-flight packet's SURB: what is needed to verify its acknowledgement.
+pub(crate) struct PendingSurb {
+    pub(crate) fragment: (MessageId, u32),
+    pub(crate) deposit_id: MessageId,
+    pub(crate) recovery: SurbRecovery,
+    pub(crate) route: Vec<NodeId>,
+}
+
+/// Tracking of one unacknowledged fragment.
+#[derive(Default)]
+pub(crate) struct FragTrack {
+    pub(crate) tries: u32,
+    /// When the current try times out; `None` while waiting to be sent.
+    pub(crate) deadline: Option<tokio::time::Instant>,
+    pub(crate) surbs: Vec<SurbId>,
+    pub(crate) last_route: Vec<NodeId>,
+}
+
+/// What the send loop and the receive side share.
+#[derive(Default)]
+pub(crate) struct SendState {
+    pub(crate) ready: VecDeque<(MessageId, u32)>,
+    pub(crate) frags: HashMap<(MessageId, u32), FragTrack>,
+    pub(crate) surbs: HashMap<SurbId, PendingSurb>,
+    /// Consecutive timeouts per mix since its last success.
+    pub(crate) suspicion: HashMap<NodeId, u32>,
+    /// Destination of each message being sent.
+    pub(crate) dests: HashMap<MessageId, (NodeId, QueueId)>,
+    /// Loop-cover ids sent and not returned yet (bounded).
+    pub(crate) loops: VecDeque<MessageId>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) profile: Profile,
+    pub(crate) identity: Identity,
+    pub(crate) consensus: Arc<dyn ConsensusSource>,
+    pub(crate) mailbox: MailboxApi,
+    pub(crate) links: Links,
+    pub(crate) options: ClientOptions,
+    pub(crate) state: Mutex<SendState>,
+    pub(crate) ready_notify: Notify,
+    pub(crate) waiters: Mutex<HashMap<MessageId, watch::Sender<Progress>>>,
+    pub(crate) incoming: broadcast::Sender<ReceivedMessage>,
+    pub(crate) counters: Counters,
+    pub(crate) files_dir: PathBuf,
+}
+
+impl Inner {
+    pub(crate) fn lock_state(&self) -> std::sync::MutexGuard<'_, SendState> {
+        // A panic while holding this lock would be a bug; recover the data
+        // rather than take the client down with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn consensus(&self) -> Result<Arc<VerifiedConsensus>> {
+        self.consensus.current().ok_or_else(|| Error::Unreachable {
+            reason: self
+                .consensus
+                .unavailable_reason()
+                .unwrap_or_else(|| "no verified consensus yet".into()),
+        })
+    }
+
+    pub(crate) fn provider_http(&self, provider: &NodeId) -> Result<std::net::SocketAddr> {
+        let c = self.consensus()?;
+        c.node(provider)
+            .and_then(|n| n.http_addr)
+            .ok_or_else(|| Error::Unreachable {
+                reason: "the mailbox provider is not in the current consensus".into(),
+            })
+    }
+
+    pub(crate) fn notify_progress(&self, id: &MessageId, message: &OutMessage) {
+        let progress = Progress {
+            acked: message.acked,
+            total: message.fragments,
+            state: message.state,
+        };
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = waiters.get(id) {
+            let _ = tx.send(progress);
+        }
+        if message.state != OutState::Sending {
+            waiters.remove(id);
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A Murmur client: one person's identity, contacts and mail.
+///
+/// Opening a client starts its background tasks (the Loopix send loop with
+/// cover traffic, retransmission, fetching); [`Client::shutdown`] stops them.
+pub struct Client {
+    inner: Arc<Inner>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.inner.profile.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_path(home: &Path) -> PathBuf {
+    home.join(DB_FILE)
+}
+
+fn prepare_home(home: &Path) -> Result<()> {
+    std::fs::create_dir_all(home).map_err(|source| Error::File {
+        path: home.to_owned(),
+        source,
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+impl Client {
+    /// True if `home` holds a client.
+    pub fn exists(home: &Path) -> bool {
+        db_path(home).exists()
+    }
+
+    /// Creates a client in `home`: a fresh identity, a home provider (the
+    /// one given, or one chosen at random from the consensus), and its
+    /// acknowledgement and loop queues there. Then starts it.
+    pub async fn create(
+        home: &Path,
+        name: &str,
+        consensus: Arc<dyn ConsensusSource>,
+        provider: Option<NodeId>,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        check_name(name)?;
+        if Self::exists(home) {
+            return Err(Error::AlreadyInitialised {
+                home: home.to_owned(),
+            });
+        }
+        let current = consensus.current().ok_or_else(|| Error::Unreachable {
+            reason: consensus
+                .unavailable_reason()
+                .unwrap_or_else(|| "no verified consensus".into()),
+        })?;
+        let provider = match provider {
+            Some(p) => current
+                .mailboxes()
+                .iter()
+                .find(|m| m.id == p)
+                .cloned()
+                .ok_or_else(|| Error::Unreachable {
+                    reason: format!("provider {p} is not in the consensus"),
+                })?,
+            None => {
+                let boxes = current.mailboxes();
+                if boxes.is_empty() {
+                    return Err(Error::Unreachable {
+                        reason: "the consensus lists no mailbox provider".into(),
+                    });
+                }
+                use rand::RngExt;
+                boxes[rand::rng().random_range(0..boxes.len())].clone()
+            }
+        };
+        let http = provider.http_addr.ok_or(Error::Unreachable {
+            reason: "provider has no HTTP address".into(),
+        })?;
+        let api = MailboxApi::new(options.request_timeout);
+        let mut rng = rand::rng();
+        let ack_queue = api.create_queue(&mut rng, provider.id, http).await?;
+        let loop_queue = api.create_queue(&mut rng, provider.id, http).await?;
+        let identity = Identity::generate(&mut rng);
+        let profile = Profile {
+            identity_secret: *identity.secret_bytes(),
+            name: name.to_owned(),
+            home_provider: provider.id,
+            ack_queue,
+            loop_queue,
+        };
+        prepare_home(home)?;
+        let store = Store::open(&db_path(home))?;
+        store.set_profile(&profile)?;
+        drop(store);
+        Self::open(home, consensus, options).await
+    }
+
+    /// Opens the client in `home` and starts it; unacknowledged packets of
+    /// messages being sent are queued again.
+    pub async fn open(
+        home: &Path,
+        consensus: Arc<dyn ConsensusSource>,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        if !Self::exists(home) {
+            return Err(Error::NotInitialised {
+                home: home.to_owned(),
+            });
+        }
+        let store = Store::open(&db_path(home))?;
+        let profile = store.profile()?.ok_or(Error::NotInitialised {
+            home: home.to_owned(),
+        })?;
+        let identity = profile.identity();
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let (incoming, _) = broadcast::channel(1024);
+        let mut state = SendState::default();
+        for (id, m) in store.out_messages()? {
+            if m.state == OutState::Sending {
+                state.dests.insert(id, (m.provider, m.queue));
+            }
+        }
+        for key in store.unacked()? {
+            state.ready.push_back(key);
+            state.frags.insert(key, FragTrack::default());
+        }
+        let inner = Arc::new(Inner {
+            store,
+            profile,
+            identity,
+            consensus,
+            mailbox: MailboxApi::new(options.request_timeout),
+            links: Links::new(tracker.clone(), shutdown.clone()),
+            options,
+            state: Mutex::new(state),
+            ready_notify: Notify::new(),
+            waiters: Mutex::default(),
+            incoming,
+            counters: Counters::default(),
+            files_dir: home.join("files"),
+        });
+        tracker.spawn(send::send_loop(inner.clone(), shutdown.clone()));
+        tracker.spawn(send::retransmit_loop(inner.clone(), shutdown.clone()));
+        tracker.spawn(receive::fetch_loop(inner.clone(), shutdown.clone()));
+        Ok(Client {
+            inner,
+            tracker,
+            shutdown,
+        })
+    }
+
+    /// Stops the background tasks and waits for them.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// The name this client goes by in its invitations.
+    pub fn name(&self) -> &str {
+        &self.inner.profile.name
+    }
+
+    /// This client's identity public key.
+    pub fn identity(&self) -> IdentityPublic {
+        self.inner.identity.public()
+    }
+
+    /// Where received files are saved.
+    pub fn files_dir(&self) -> &Path {
+        &self.inner.files_dir
+    }
+
+    /// Creates an invitation: a queue at the home provider for the new
+    /// contact, and the string to hand over out of band. `name` is the
+    /// local name for the contact; without one, the name they suggest is
+    /// used when they accept.
+    pub async fn invite(&self, name: Option<&str>) -> Result<String> {
+        let contacts = self.inner.store.contacts()?;
+        let (local_name, provisional) = match name {
+            Some(n) => {
+                check_name(n)?;
+                if contacts.iter().any(|c| c.name == n) {
+                    return Err(Error::ContactExists { name: n.to_owned() });
+                }
+                (n.to_owned(), false)
+            }
+            None => {
+                let mut i = 1;
+                while contacts.iter().any(|c| c.name == format!("invite-{i}")) {
+                    i += 1;
+                }
+                (format!("invite-{i}"), true)
+            }
+        };
+        let provider = self.inner.profile.home_provider;
+        let http = self.inner.provider_http(&provider)?;
+        let mut secret = [0u8; 32];
+        {
+            use rand::Rng;
+            rand::rng().fill_bytes(&mut secret);
+        }
+        let queue = self
+            .inner
+            .mailbox
+            .create_queue(&mut rand::rng(), provider, http)
+            .await?;
+        let invitation = Invitation::new(
+            self.identity(),
+            provider,
+            queue.queue,
+            secret,
+            self.inner.profile.name.clone(),
+        )?;
+        self.inner.store.add_contact(&ContactRecord {
+            name: local_name,
+            state: ContactState::Invited,
+            identity: None,
+            address: None,
+            secret,
+            inbox: queue,
+            created_ms: now_ms(),
+            provisional_name: provisional,
+        })?;
+        invitation.to_text()
+    }
+
+    /// Accepts an invitation: creates a queue for the inviter at the home
+    /// provider and sends them a hello through the mixnet, sealed from this
+    /// identity. Returns the contact's local name (`name`, or the one the
+    /// invitation suggests). Messages can be sent right away.
+    pub async fn accept(&self, invitation: &str, name: Option<&str>) -> Result<String> {
+        let inv = Invitation::parse(invitation)?;
+        if inv.identity == self.identity() {
+            return Err(Error::OwnInvitation);
+        }
+        let contacts = self.inner.store.contacts()?;
+        if contacts
+            .iter()
+            .any(|c| c.address == Some((inv.provider, inv.queue)))
+        {
+            return Err(Error::ContactExists {
+                name: contacts
+                    .iter()
+                    .find(|c| c.address == Some((inv.provider, inv.queue)))
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default(),
+            });
+        }
+        let local_name = name.unwrap_or(&inv.name).to_owned();
+        check_name(&local_name)?;
+        if contacts.iter().any(|c| c.name == local_name) {
+            return Err(Error::ContactExists { name: local_name });
+        }
+        let consensus = self.inner.consensus()?;
+        if consensus.node(&inv.provider).is_none() {
+            return Err(Error::Unreachable {
+                reason: "the invitation's mailbox provider is not in the current consensus".into(),
+            });
+        }
+        let provider = self.inner.profile.home_provider;
+        let http = self.inner.provider_http(&provider)?;
+        let queue = self
+            .inner
+            .mailbox
+            .create_queue(&mut rand::rng(), provider, http)
+            .await?;
+        let hello = Body::Hello {
+            reply_provider: provider,
+            reply_queue: queue.queue,
+            name: self.inner.profile.name.clone(),
+        };
+        let record = ContactRecord {
+            name: local_name.clone(),
+            state: ContactState::Established,
+            identity: Some(inv.identity),
+            address: Some((inv.provider, inv.queue)),
+            secret: inv.secret,
+            inbox: queue,
+            created_ms: now_ms(),
+            provisional_name: false,
+        };
+        self.inner.store.add_contact(&record)?;
+        self.queue_message(&record, hello).await?;
+        Ok(local_name)
+    }
+
+    /// The contacts.
+    pub fn contacts(&self) -> Result<Vec<ContactInfo>> {
+        Ok(self
+            .inner
+            .store
+            .contacts()?
+            .into_iter()
+            .map(|c| ContactInfo {
+                established: c.state == ContactState::Established,
+                name: c.name,
+            })
+            .collect())
+    }
+
+    /// The safety number of the relation with `contact`, to compare out of band.
+    pub fn safety_number(&self, contact: &str) -> Result<String> {
+        let c = self.contact(contact)?;
+        let theirs = c.identity.ok_or_else(|| Error::ContactPending {
+            name: contact.to_owned(),
+        })?;
+        Ok(safety_number(&self.identity(), &theirs))
+    }
+
+    fn contact(&self, name: &str) -> Result<ContactRecord> {
+        self.inner
+            .store
+            .contact(name)?
+            .ok_or_else(|| Error::UnknownContact {
+                name: name.to_owned(),
+            })
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(&self, contact: &str, text: &str) -> Result<SendHandle> {
+        self.send(contact, Body::Text(text.to_owned())).await
+    }
+
+    /// Sends a file.
+    pub async fn send_file(&self, contact: &str, path: &Path) -> Result<SendHandle> {
+        let meta = std::fs::metadata(path).map_err(|source| Error::File {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(Error::File {
+                path: path.to_owned(),
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
+        if meta.len() > MAX_MESSAGE_SIZE as u64 {
+            return Err(Error::TooLarge {
+                size: usize::try_from(meta.len()).unwrap_or(usize::MAX),
+                max: MAX_MESSAGE_SIZE,
+            });
+        }
+        let data = std::fs::read(path).map_err(|source| Error::File {
+            path: path.to_owned(),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        self.send(contact, Body::File { name, data }).await
+    }
+
+    /// Sends a message. Returns once it is stored in the outbox (it will be
+    /// sent even if the client restarts); the handle resolves when it is
+    /// delivered.
+    pub async fn send(&self, contact: &str, body: Body) -> Result<SendHandle> {
+        let c = self.contact(contact)?;
+        if c.state != ContactState::Established {
+            return Err(Error::ContactPending {
+                name: contact.to_owned(),
+            });
+        }
+        self.queue_message(&c, body).await
+    }
+
+    async fn queue_message(&self, contact: &ContactRecord, body: Body) -> Result<SendHandle> {
+        let size = match &body {
+            Body::Text(t) => t.len(),
+            Body::File { data, .. } => data.len(),
+            Body::Hello { .. } => 0,
+        };
+        if size > MAX_MESSAGE_SIZE {
+            return Err(Error::TooLarge {
+                size,
+                max: MAX_MESSAGE_SIZE,
+            });
+        }
+        let (Some(theirs), Some((provider, queue))) = (contact.identity, contact.address) else {
+            return Err(Error::ContactPending {
+                name: contact.name.clone(),
+            });
+        };
+        let inner = self.inner.clone();
+        let contact_name = contact.name.clone();
+        let secret = contact.secret;
+        let (id, message) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut rng = rand::rng();
+            let id = MessageId::random(&mut rng);
+            let envelope = Envelope::new(id, now_ms(), body);
+            let sealed = seal::seal(&mut rng, &inner.identity, &theirs, &queue, &envelope)?;
+            let key = FragmentKey::derive(&secret, &queue);
+            let bodies = fragment::split(&mut rng, &key, &queue, id, &sealed)?;
+            let frags: Vec<OutFragment> = bodies
+                .into_iter()
+                .map(|b| OutFragment {
+                    deposit_id: MessageId::random(&mut rng),
+                    body: b.to_vec(),
+                    acked: false,
+                })
+                .collect();
+            let message = OutMessage {
+                contact: contact_name,
+                fragments: u32::try_from(frags.len()).unwrap_or(u32::MAX),
+                acked: 0,
+                state: OutState::Sending,
+                created_ms: now_ms(),
+                provider,
+                queue,
+            };
+            inner.store.enqueue(id, &message, &frags)?;
+            Ok((id, message))
+        })
+        .await
+        .map_err(|_| Error::Closed)??;
+        let (tx, rx) = watch::channel(Progress {
+            acked: 0,
+            total: message.fragments,
+            state: OutState::Sending,
+        });
+        self.inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        {
+            let mut st = self.inner.lock_state();
+            st.dests.insert(id, (provider, queue));
+            for i in 0..message.fragments {
+                st.ready.push_back((id, i));
+                st.frags.insert((id, i), FragTrack::default());
+            }
+        }
+        self.inner.ready_notify.notify_one();
+        Ok(SendHandle {
+            id,
+            rx,
+            max_tries: self.inner.options.max_tries,
+        })
+    }
+
+    /// Progress of a message sent earlier (also across restarts).
+    pub fn message_progress(&self, id: &MessageId) -> Result<Option<Progress>> {
+        Ok(self.inner.store.out_message(id)?.map(|m| Progress {
+            acked: m.acked,
+            total: m.fragments,
+            state: m.state,
+        }))
+    }
+
+    /// New messages as they arrive.
+    pub fn incoming(&self) -> Incoming {
+        Incoming {
+            rx: self.inner.incoming.subscribe(),
+        }
+    }
+
+    /// The inbox, oldest first (only unread messages if `unread_only`).
+    pub fn inbox(&self, unread_only: bool) -> Result<Vec<(u64, Received)>> {
+        self.inner.store.inbox(unread_only)
+    }
+
+    /// Marks inbox entries read.
+    pub fn mark_read(&self, seqs: &[u64]) -> Result<()> {
+        self.inner.store.mark_read(seqs)
+    }
+
+    /// Fetches from every queue now (the background loop also does, every
+    /// fetch interval). Returns how many messages were delivered.
+    pub async fn fetch_now(&self) -> Result<u64> {
+        receive::fetch_round(&self.inner).await
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ClientStats {
+            real_sent: load(&c.real_sent),
+            retransmissions: load(&c.retransmissions),
+            drop_cover_sent: load(&c.drop_cover_sent),
+            loop_cover_sent: load(&c.loop_cover_sent),
+            loops_returned: load(&c.loops_returned),
+            acks: load(&c.acks),
+            link_drops: self.inner.links.stats().dropped.load(Ordering::Relaxed),
+            bad_entries: load(&c.bad_entries),
+            delivered: load(&c.delivered),
+        }
+    }
+
+    /// Messages still being sent (stored in the outbox, not all acknowledged).
+    pub fn outbox_pending(&self) -> Result<usize> {
+        Ok(self
+            .inner
+            .store
+            .out_messages()?
+            .iter()
+            .filter(|(_, m)| m.state == OutState::Sending)
+            .count())
+    }
+
+    /// Packets waiting to be sent (not counting those in flight).
+    pub fn pending_packets(&self) -> usize {
+        self.inner.lock_state().ready.len()
+    }
+
+    /// Mixes this client currently avoids because packets through them
+    /// were not acknowledged.
+    pub fn suspected_nodes(&self) -> HashSet<NodeId> {
+        send::suspects(&self.inner.lock_state())
+    }
+
+    /// The queue id a contact deposits into (for tests and diagnostics).
+    pub fn inbox_queue_of(&self, contact: &str) -> Result<QueueId> {
+        Ok(self.contact(contact)?.inbox.queue)
+    }
+
+    /// The home provider.
+    pub fn home_provider(&self) -> NodeId {
+        self.inner.profile.home_provider
+    }
+
+    #[doc(hidden)]
+    pub fn owned_queues(&self) -> Result<Vec<OwnedQueue>> {
+        let mut out = vec![
+            self.inner.profile.ack_queue.clone(),
+            self.inner.profile.loop_queue.clone(),
+        ];
+        out.extend(
+            self.inner
+                .store
+                .contacts()?
+                .into_iter()
+                .map(|c| c.inbox.clone()),
+        );
+        Ok(out)
+    }
+}

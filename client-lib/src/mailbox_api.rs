@@ -1,0 +1,175 @@
+//! The client side of the mailbox fetch API (docs/protocol.md §6): create a
+//! queue with a fresh owner key, fetch, acknowledge (delete), delete a queue.
+//! Every request is signed by the queue's own owner key and carries a fresh
+//! timestamp and nonce.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::StatusCode;
+use murmur_directory::http::{HttpClient, POSTCARD};
+use murmur_wire::ed25519_dalek::SigningKey;
+use murmur_wire::mailbox::{
+    AckResponse, CreateQueue, CreateQueueResponse, FetchResponse, MAILBOX_API_VERSION,
+    MAX_FETCH_LIMIT, MAX_RESPONSE_SIZE, OwnerOp, OwnerRequest, SignedCreateQueue,
+    SignedOwnerRequest,
+};
+use murmur_wire::{IdentityKey, NodeId};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::store::OwnedQueue;
+
+/// Talks to mailbox providers.
+#[derive(Clone, Debug)]
+pub struct MailboxApi {
+    http: HttpClient,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn reason(body: &Bytes) -> String {
+    let text = String::from_utf8_lossy(body);
+    let line = text.lines().next().unwrap_or("").trim();
+    line.chars().take(200).collect()
+}
+
+impl MailboxApi {
+    /// A client whose requests time out after `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            http: HttpClient::new(timeout),
+        }
+    }
+
+    async fn post(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: Vec<u8>,
+        op: &'static str,
+    ) -> Result<Bytes> {
+        let (status, resp) = self
+            .http
+            .post(addr, path, POSTCARD, Bytes::from(body), MAX_RESPONSE_SIZE)
+            .await
+            .map_err(|e| Error::Unreachable {
+                reason: format!("mailbox provider: {e}"),
+            })?;
+        if status != StatusCode::OK {
+            return Err(Error::Mailbox {
+                op,
+                status: status.as_u16(),
+                reason: reason(&resp),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// Creates a queue at the provider listening on `addr`, owned by a fresh key.
+    pub async fn create_queue<R: rand::CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        provider: NodeId,
+        addr: SocketAddr,
+    ) -> Result<OwnedQueue> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut secret[..]);
+        let key = SigningKey::from_bytes(&secret);
+        let mut nonce = [0u8; 16];
+        rng.fill_bytes(&mut nonce);
+        let req = CreateQueue {
+            version: MAILBOX_API_VERSION,
+            owner: IdentityKey::from(&key.verifying_key()),
+            timestamp: now_secs(),
+            nonce,
+        };
+        let body = SignedCreateQueue::sign(&req, &key)?.to_bytes()?;
+        let resp = self
+            .post(addr, "/v1/queues", body, "queue creation")
+            .await?;
+        let created = CreateQueueResponse::from_bytes(&resp)?;
+        Ok(OwnedQueue {
+            provider,
+            queue: created.queue,
+            owner_secret: *secret,
+        })
+    }
+
+    async fn owner_request<R: rand::CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        addr: SocketAddr,
+        queue: &OwnedQueue,
+        op: OwnerOp,
+        what: &'static str,
+    ) -> Result<Bytes> {
+        let key = SigningKey::from_bytes(&queue.owner_secret);
+        let mut nonce = [0u8; 16];
+        rng.fill_bytes(&mut nonce);
+        let req = OwnerRequest {
+            version: MAILBOX_API_VERSION,
+            queue: queue.queue,
+            op,
+            timestamp: now_secs(),
+            nonce,
+        };
+        let body = SignedOwnerRequest::sign(&req, &key)?.to_bytes()?;
+        self.post(addr, "/v1/queue", body, what).await
+    }
+
+    /// Entries after sequence number `after`, a page at a time.
+    pub async fn fetch<R: rand::CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        addr: SocketAddr,
+        queue: &OwnedQueue,
+        after: u64,
+    ) -> Result<FetchResponse> {
+        let resp = self
+            .owner_request(
+                rng,
+                addr,
+                queue,
+                OwnerOp::Fetch {
+                    after,
+                    limit: MAX_FETCH_LIMIT,
+                },
+                "fetch",
+            )
+            .await?;
+        Ok(FetchResponse::from_bytes(&resp)?)
+    }
+
+    /// Deletes entries up to and including `up_to` (after storing them).
+    pub async fn ack<R: rand::CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        addr: SocketAddr,
+        queue: &OwnedQueue,
+        up_to: u64,
+    ) -> Result<u64> {
+        let resp = self
+            .owner_request(rng, addr, queue, OwnerOp::Ack { up_to }, "acknowledge")
+            .await?;
+        Ok(AckResponse::from_bytes(&resp)?.deleted)
+    }
+
+    /// Deletes a queue and everything in it.
+    pub async fn delete_queue<R: rand::CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        addr: SocketAddr,
+        queue: &OwnedQueue,
+    ) -> Result<()> {
+        self.owner_request(rng, addr, queue, OwnerOp::DeleteQueue, "queue deletion")
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,280 @@
+//! The receiving side: fetching from the client's own queues (contacts'
+//! inboxes, the acknowledgement queue, the loop queue), storing what
+//! arrived durably, and only then deleting it at the mailbox.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use murmur_wire::Ack;
+use murmur_wire::mailbox::{QueueEntry, QueueItem};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Inner, ReceivedMessage, now_ms};
+use crate::error::{Error, Result};
+use crate::fragment::{self, FragmentKey};
+use crate::seal::{self, Body};
+use crate::send::on_acked;
+use crate::store::{ContactState, FragmentOutcome, OwnedQueue, Received};
+
+#[derive(Clone)]
+enum QueueKind {
+    Acks,
+    Loops,
+    Contact(String),
+}
+
+/// Polls every queue once per fetch interval.
+pub(crate) async fn fetch_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(inner.options.fetch_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = fetch_round(&inner).await {
+            tracing::debug!(error = %e, "fetch round failed; retrying at the next interval");
+        }
+    }
+}
+
+/// One pass over every queue. Returns messages delivered.
+pub(crate) async fn fetch_round(inner: &Arc<Inner>) -> Result<u64> {
+    let mut delivered = 0;
+    let mut first_error = None;
+    let mut queues = vec![
+        (QueueKind::Acks, inner.profile.ack_queue.clone()),
+        (QueueKind::Loops, inner.profile.loop_queue.clone()),
+    ];
+    for c in inner.store.contacts()? {
+        queues.push((QueueKind::Contact(c.name.clone()), c.inbox.clone()));
+    }
+    for (kind, queue) in queues {
+        match drain(inner, kind, &queue).await {
+            Ok(n) => delivered += n,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) if delivered == 0 => Err(e),
+        _ => Ok(delivered),
+    }
+}
+
+async fn drain(inner: &Arc<Inner>, kind: QueueKind, queue: &OwnedQueue) -> Result<u64> {
+    let addr = inner.provider_http(&queue.provider)?;
+    let mut rng = StdRng::from_rng(&mut rand::rng());
+    let mut delivered = 0;
+    // Bounded: a queue holds at most its quota; stop after a generous number
+    // of pages so one busy queue cannot starve the others.
+    for _ in 0..64 {
+        let resp = inner.mailbox.fetch(&mut rng, addr, queue, 0).await?;
+        let Some(last) = resp.entries.last().map(|e| e.seq) else {
+            break;
+        };
+        let job_inner = inner.clone();
+        let job_kind = kind.clone();
+        let (n, done_upto) =
+            tokio::task::spawn_blocking(move || process(&job_inner, &job_kind, resp.entries))
+                .await
+                .map_err(|_| Error::Closed)?;
+        delivered += n;
+        if done_upto > 0 {
+            inner.mailbox.ack(&mut rng, addr, queue, done_upto).await?;
+        }
+        if done_upto < last || !resp.more {
+            break;
+        }
+    }
+    Ok(delivered)
+}
+
+/// Handles entries in order. Returns messages delivered and the last
+/// sequence number whose entry is dealt with (stored, or useless and
+/// dropped); processing stops at the first storage error so the entry is
+/// fetched again.
+fn process(inner: &Inner, kind: &QueueKind, entries: Vec<QueueEntry>) -> (u64, u64) {
+    let mut delivered = 0;
+    let mut done = 0;
+    for entry in entries {
+        let result = match (&kind, entry.item) {
+            (QueueKind::Acks, QueueItem::Reply { surb_id, sealed }) => {
+                handle_ack(inner, &surb_id, &sealed);
+                Ok(false)
+            }
+            (QueueKind::Loops, QueueItem::Loop { id }) => {
+                let mut st = inner.lock_state();
+                if let Some(pos) = st.loops.iter().position(|l| *l == id) {
+                    st.loops.remove(pos);
+                    inner
+                        .counters
+                        .loops_returned
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false)
+            }
+            (QueueKind::Contact(name), QueueItem::Deposit { body, .. }) => {
+                handle_deposit(inner, name, &body)
+            }
+            _ => {
+                inner.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
+                Ok(false)
+            }
+        };
+        match result {
+            Ok(true) => {
+                delivered += 1;
+                done = entry.seq;
+            }
+            Ok(false) => done = entry.seq,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store a fetched entry; will fetch it again");
+                break;
+            }
+        }
+    }
+    (delivered, done)
+}
+
+fn handle_ack(inner: &Inner, surb_id: &murmur_wire::SurbId, sealed: &[u8]) {
+    let pending = {
+        let st = inner.lock_state();
+        st.surbs.get(surb_id).map(|p| {
+            (
+                p.fragment,
+                p.deposit_id,
+                p.recovery.clone(),
+                p.route.clone(),
+            )
+        })
+    };
+    let Some((key, deposit_id, recovery, route)) = pending else {
+        // An acknowledgement for a try this client no longer tracks (after a
+        // restart, or a fragment acknowledged already): nothing to do.
+        return;
+    };
+    match recovery.open(sealed).and_then(|p| Ack::parse(&p)) {
+        Ok(ack) if ack.id == deposit_id => on_acked(inner, key, &route),
+        _ => {
+            inner.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A deposit in a contact's inbox queue. `Ok(true)` if it completed a
+/// message that was delivered; crypto failures are counted and dropped
+/// (`Ok(false)`); storage failures are errors.
+fn handle_deposit(inner: &Inner, name: &str, body: &[u8]) -> Result<bool> {
+    let Some(contact) = inner.store.contact(name)? else {
+        return Ok(false);
+    };
+    let queue = contact.inbox.queue;
+    let key = FragmentKey::derive(&contact.secret, &queue);
+    let bad = || {
+        inner.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
+        Ok(false)
+    };
+    let Ok(frag) = fragment::open(&key, &queue, body) else {
+        return bad();
+    };
+    let sealed = match inner.store.add_fragment(
+        &queue,
+        &frag.message_id,
+        frag.index,
+        frag.count,
+        &frag.chunk,
+    ) {
+        Ok(FragmentOutcome::Complete(sealed)) => sealed,
+        Ok(_) => return Ok(false),
+        Err(Error::Crypto(_)) => return bad(),
+        Err(e) => return Err(e),
+    };
+    let Ok(claimed) = seal::claimed_sender(&sealed) else {
+        inner.store.discard_partial(&queue, &frag.message_id)?;
+        return bad();
+    };
+    // The first message that opens on an invitation's queue binds the
+    // relation to its sender; later ones must come from the same key.
+    let expected = contact.identity.unwrap_or(claimed);
+    let envelope = match seal::open(&inner.identity, &expected, &queue, &sealed) {
+        Ok(env) if env.message_id == frag.message_id => env,
+        _ => {
+            inner.store.discard_partial(&queue, &frag.message_id)?;
+            return bad();
+        }
+    };
+    let mut updated = contact.clone();
+    updated.identity = Some(expected);
+    if let Body::Hello {
+        reply_provider,
+        reply_queue,
+        name: suggested,
+    } = &envelope.body
+        && contact.state == ContactState::Invited
+    {
+        updated.address = Some((*reply_provider, *reply_queue));
+        updated.state = ContactState::Established;
+        if contact.provisional_name {
+            updated.name = free_name(inner, suggested)?;
+            updated.provisional_name = false;
+        }
+    }
+    if updated.identity != contact.identity
+        || updated.state != contact.state
+        || updated.name != contact.name
+    {
+        inner.store.update_contact(&contact.name, &updated)?;
+        if updated.state == ContactState::Established && contact.state == ContactState::Invited {
+            tracing::info!("an invitation was accepted");
+        }
+    }
+    let received = Received {
+        from: updated.name.clone(),
+        message_id: envelope.message_id,
+        sent_at_ms: envelope.sent_at_ms,
+        received_at_ms: now_ms(),
+        body: envelope.body,
+        read: false,
+    };
+    match inner.store.deliver(&queue, &received)? {
+        Some(seq) => {
+            inner.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            let _ = inner.incoming.send(ReceivedMessage {
+                seq,
+                message: received,
+            });
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// `suggested`, or `suggested-2`, `-3`, … if taken (invalid suggestions
+/// become `contact`).
+fn free_name(inner: &Inner, suggested: &str) -> Result<String> {
+    let base = if crate::invite::check_name(suggested).is_ok() {
+        suggested.to_owned()
+    } else {
+        "contact".to_owned()
+    };
+    let taken: Vec<String> = inner
+        .store
+        .contacts()?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    if !taken.contains(&base) {
+        return Ok(base);
+    }
+    for i in 2.. {
+        let candidate = format!("{}-{i}", base.chars().take(56).collect::<String>());
+        if !taken.contains(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Ok(base)
+}
