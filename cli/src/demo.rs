@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use murmur_client::network::follow;
 use murmur_client::{Body, Client, ClientOptions, ClientStats, ConsensusSource, SendHandle};
 use murmur_wire::MessageId;
-use rand::Rng;
+use rand::{Rng, RngExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 

@@ -226,6 +226,7 @@ impl Devnet {
             cfg.listen_addr = packet;
             cfg.http_addr = http;
             cfg.network.epoch_secs = options.epoch_secs;
+            cfg.keys.grace_secs = cfg.keys.grace_secs.min(options.epoch_secs / 2);
             cfg.directory.authorities = pins.clone();
             cfg.directory.threshold = options.threshold;
             // A devnet carries little traffic: small replay filters.
@@ -252,6 +253,7 @@ impl Devnet {
             cfg.listen_addr = packet;
             cfg.http.listen = http;
             cfg.network.epoch_secs = options.epoch_secs;
+            cfg.keys.grace_secs = cfg.keys.grace_secs.min(options.epoch_secs / 2);
             cfg.directory.authorities = pins.clone();
             cfg.directory.threshold = options.threshold;
             cfg.replay.expected_packet_rate = 200.0;
@@ -321,10 +323,9 @@ impl Devnet {
         let want_mixes: Vec<NodeId> = self.mixes.iter().flatten().map(|m| m.node_id).collect();
         let want_boxes: Vec<NodeId> = self.mailboxes.iter().map(|m| m.node_id).collect();
         let deadline = tokio::time::Instant::now() + limit;
-        let mut last = String::from("no consensus yet");
         loop {
             let now = SystemClock.now_secs();
-            match dir.fetch_current(now).await {
+            let last = match dir.fetch_current(now).await {
                 Ok(c) => {
                     let listed = |id: &NodeId| c.node(id).is_some();
                     let missing = want_mixes.iter().filter(|id| !listed(id)).count()
@@ -332,10 +333,10 @@ impl Devnet {
                     if missing == 0 {
                         return Ok(c);
                     }
-                    last = format!("the consensus for epoch {} misses {missing} node(s)", c.epoch());
+                    format!("the consensus for epoch {} misses {missing} node(s)", c.epoch())
                 }
-                Err(e) => last = e.to_string(),
-            }
+                Err(e) => e.to_string(),
+            };
             if tokio::time::Instant::now() >= deadline {
                 bail!("the devnet did not become ready in {limit:?}: {last}");
             }
