@@ -15,7 +15,7 @@ use crate::Command;
 
 const NETWORK_FILE: &str = "network.toml";
 /// How long a command waits for a first verified consensus.
-const CONSENSUS_WAIT: Duration = Duration::from_secs(20);
+const CONSENSUS_WAIT: Duration = Duration::from_secs(15);
 
 fn home_dir(cli_home: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(h) = cli_home {

@@ -139,7 +139,10 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     let mut devnet = Devnet::start(net_opts).await?;
     say(&format!("devnet: {}", devnet.describe()));
     let consensus = devnet.wait_ready(Duration::from_secs(60)).await?;
-    say(&format!("devnet ready: consensus for epoch {} verified", consensus.epoch()));
+    say(&format!(
+        "devnet ready: consensus for epoch {} verified",
+        consensus.epoch()
+    ));
 
     let shutdown = CancellationToken::new();
     let result = async {
@@ -149,8 +152,22 @@ pub async fn run(options: DemoOptions) -> Result<()> {
             fetch_interval: options.fetch_interval,
             ..ClientOptions::default()
         };
-        let alice = Client::create(&tmp.path().join("alice"), "alice", source.clone(), None, client_opts.clone()).await?;
-        let bob = Client::create(&tmp.path().join("bob"), "bob", source.clone(), None, client_opts).await?;
+        let alice = Client::create(
+            &tmp.path().join("alice"),
+            "alice",
+            source.clone(),
+            None,
+            client_opts.clone(),
+        )
+        .await?;
+        let bob = Client::create(
+            &tmp.path().join("bob"),
+            "bob",
+            source.clone(),
+            None,
+            client_opts,
+        )
+        .await?;
         let outcome = exchange(&options, &mut devnet, &alice, &bob, &tmp, &say).await;
         alice.shutdown().await;
         bob.shutdown().await;
@@ -200,7 +217,9 @@ async fn exchange(
     // Contact: Alice invites, Bob accepts; Alice learns of it by his hello.
     let invitation = alice.invite(None).await?;
     let alice_name = bob.accept(&invitation, None).await?;
-    say(&format!("bob accepted alice's invitation (as {alice_name:?}); waiting for his hello..."));
+    say(&format!(
+        "bob accepted alice's invitation (as {alice_name:?}); waiting for his hello..."
+    ));
     let deadline = Instant::now() + Duration::from_secs(120);
     let bob_name = loop {
         if let Some(c) = alice.contacts()?.into_iter().find(|c| c.established) {
@@ -216,7 +235,9 @@ async fn exchange(
     if sn_a != sn_b {
         bail!("safety numbers differ: {sn_a} / {sn_b}");
     }
-    say(&format!("contacts established; safety numbers match ({sn_a})"));
+    say(&format!(
+        "contacts established; safety numbers match ({sn_a})"
+    ));
 
     let mut in_alice = alice.incoming();
     let mut in_bob = bob.incoming();
@@ -231,7 +252,13 @@ async fn exchange(
                 rng.random::<u64>()
             );
             let h = from.send_text(to, &text).await?;
-            expected.insert(h.id(), Expected { to_alice, body: Body::Text(text) });
+            expected.insert(
+                h.id(),
+                Expected {
+                    to_alice,
+                    body: Body::Text(text),
+                },
+            );
             handles.push(h);
         }
     }
@@ -243,20 +270,32 @@ async fn exchange(
             let path = tmp.path().join(&name);
             std::fs::write(&path, &data)?;
             let h = from.send_file(to, &path).await?;
-            expected.insert(h.id(), Expected { to_alice, body: Body::File { name, data } });
+            expected.insert(
+                h.id(),
+                Expected {
+                    to_alice,
+                    body: Body::File { name, data },
+                },
+            );
             handles.push(h);
         }
     }
     let sent = expected.len();
     let packets: u32 = handles.iter().map(|h| h.progress().total).sum();
-    say(&format!("sent {sent} messages ({packets} packets) through the mixnet..."));
+    say(&format!(
+        "sent {sent} messages ({packets} packets) through the mixnet..."
+    ));
 
     let mut killed = None;
     if options.kill_mix {
         // Let traffic flow, then stop a middle-layer mix.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let consensus = devnet.wait_ready(Duration::from_secs(10)).await?;
-        let victim = consensus.layers().get(1).and_then(|l| l.first()).map(|n| n.id);
+        let victim = consensus
+            .layers()
+            .get(1)
+            .and_then(|l| l.first())
+            .map(|n| n.id);
         let index = devnet.mix_ids().iter().position(|id| *id == victim);
         if let Some(i) = index
             && let Some(id) = devnet.stop_mix(i).await
@@ -296,7 +335,9 @@ async fn exchange(
         }
     }
     if failed_acks > 0 {
-        say(&format!("{failed_acks} message(s) were not acknowledged in time"));
+        say(&format!(
+            "{failed_acks} message(s) were not acknowledged in time"
+        ));
     }
     // Inboxes are the durable record: count duplicates there too.
     for c in [alice, bob] {
@@ -333,7 +374,10 @@ async fn exchange(
             Body::Hello { .. } => {}
         }
     }
-    let delivered = expected.keys().filter(|id| received.contains_key(id)).count();
+    let delivered = expected
+        .keys()
+        .filter(|id| received.contains_key(id))
+        .count();
     if options.file_size > 0 && file_ms.len() < 2 {
         files_identical = false;
     }
@@ -379,7 +423,8 @@ fn finish(options: &DemoOptions, p: Parts, killed: Option<String>, elapsed: Dura
             client_rate: options.net.client_rate,
             client_loop_rate: options.net.client_loop_rate,
             mix_loop_rate: options.net.mix_loop_rate,
-            fetch_interval_ms: u64::try_from(options.fetch_interval.as_millis()).unwrap_or(u64::MAX),
+            fetch_interval_ms: u64::try_from(options.fetch_interval.as_millis())
+                .unwrap_or(u64::MAX),
             messages_each_way: options.messages,
             file_bytes: options.file_size,
             kill_mix: options.kill_mix,
@@ -389,7 +434,14 @@ fn finish(options: &DemoOptions, p: Parts, killed: Option<String>, elapsed: Dura
 
 fn print_summary(s: &Summary) {
     println!();
-    println!("Murmur demo — {}", if s.ok { "every message delivered exactly once" } else { "FAILED" });
+    println!(
+        "Murmur demo — {}",
+        if s.ok {
+            "every message delivered exactly once"
+        } else {
+            "FAILED"
+        }
+    );
     println!(
         "  messages:   {} sent, {} delivered, {} duplicated, {} lost, {} corrupted",
         s.sent, s.delivered, s.duplicates, s.lost, s.corrupted
@@ -398,7 +450,11 @@ fn print_summary(s: &Summary) {
         println!(
             "  files:      2 × {} bytes, {} (transfer {} ms)",
             s.config.file_bytes,
-            if s.files_identical { "byte-identical" } else { "NOT identical" },
+            if s.files_identical {
+                "byte-identical"
+            } else {
+                "NOT identical"
+            },
             s.file_transfer_ms
                 .iter()
                 .map(|m| m.to_string())

@@ -141,9 +141,10 @@ impl Devnet {
             .with_context(|| format!("creating {}", options.dir.display()))?;
         let layout_path = options.dir.join(LAYOUT_FILE);
         let old: Option<Layout> = match std::fs::read_to_string(&layout_path) {
-            Ok(text) => Some(toml::from_str(&text).with_context(|| {
-                format!("{} is not a devnet layout", layout_path.display())
-            })?),
+            Ok(text) => Some(
+                toml::from_str(&text)
+                    .with_context(|| format!("{} is not a devnet layout", layout_path.display()))?,
+            ),
             Err(_) => None,
         };
         if let Some(old) = &old
@@ -222,7 +223,9 @@ impl Devnet {
             let dir = options.dir.join(format!("mix-{i}"));
             let key = identity(&dir)?;
             let mut cfg = murmur_mixnode::MixNodeConfig::new(&dir);
-            let (packet, http) = old.as_ref().map_or((loopback0(), loopback0()), |l| l.mixes[i]);
+            let (packet, http) = old
+                .as_ref()
+                .map_or((loopback0(), loopback0()), |l| l.mixes[i]);
             cfg.listen_addr = packet;
             cfg.http_addr = http;
             cfg.network.epoch_secs = options.epoch_secs;
@@ -248,8 +251,9 @@ impl Devnet {
                 data_dir: dir.clone(),
                 ..Default::default()
             };
-            let (packet, http) =
-                old.as_ref().map_or((loopback0(), loopback0()), |l| l.mailboxes[i]);
+            let (packet, http) = old
+                .as_ref()
+                .map_or((loopback0(), loopback0()), |l| l.mailboxes[i]);
             cfg.listen_addr = packet;
             cfg.http.listen = http;
             cfg.network.epoch_secs = options.epoch_secs;
@@ -257,9 +261,10 @@ impl Devnet {
             cfg.directory.authorities = pins.clone();
             cfg.directory.threshold = options.threshold;
             cfg.replay.expected_packet_rate = 200.0;
-            let handle = murmur_mailbox::start_mailbox(cfg, key, clock.clone(), shutdown.child_token())
-                .await
-                .with_context(|| format!("starting mailbox {i}"))?;
+            let handle =
+                murmur_mailbox::start_mailbox(cfg, key, clock.clone(), shutdown.child_token())
+                    .await
+                    .with_context(|| format!("starting mailbox {i}"))?;
             mailboxes.push(handle);
         }
 
@@ -270,7 +275,10 @@ impl Devnet {
                 .flatten()
                 .map(|m| (m.packet_addr, m.http_addr))
                 .collect(),
-            mailboxes: mailboxes.iter().map(|m| (m.packet_addr, m.http_addr)).collect(),
+            mailboxes: mailboxes
+                .iter()
+                .map(|m| (m.packet_addr, m.http_addr))
+                .collect(),
         };
         std::fs::write(&layout_path, toml::to_string(&layout)?)
             .with_context(|| format!("writing {}", layout_path.display()))?;
@@ -333,7 +341,10 @@ impl Devnet {
                     if missing == 0 {
                         return Ok(c);
                     }
-                    format!("the consensus for epoch {} misses {missing} node(s)", c.epoch())
+                    format!(
+                        "the consensus for epoch {} misses {missing} node(s)",
+                        c.epoch()
+                    )
                 }
                 Err(e) => e.to_string(),
             };
@@ -346,7 +357,10 @@ impl Devnet {
 
     /// Node ids of the mixes, in start order (three layers' worth).
     pub fn mix_ids(&self) -> Vec<Option<NodeId>> {
-        self.mixes.iter().map(|m| m.as_ref().map(|m| m.node_id)).collect()
+        self.mixes
+            .iter()
+            .map(|m| m.as_ref().map(|m| m.node_id))
+            .collect()
     }
 
     /// Stops mix node `i` (as if it died): its links close, packets it held
@@ -418,7 +432,9 @@ pub async fn run(options: DevnetOptions) -> Result<()> {
         net.network_file().display(),
         net.network_file().display(),
     );
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     eprintln!("stopping...");
     net.shutdown().await;
     Ok(())
