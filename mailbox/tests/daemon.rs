@@ -17,9 +17,11 @@ use common::net::{Owner, Sender, WAIT, authority, listed, send_packets, wait_hea
 use common::owner_key;
 use murmur_directory::clock::{Clock, OffsetClock};
 use murmur_directory::http::HttpClient;
-use murmur_mailbox::{Config, MailboxHandle, Quota, RedbStore, start_mailbox};
+use murmur_mailbox::{
+    Config, MailboxHandle, Quota, RedbStore, start_mailbox, start_mailbox_with_topology,
+};
 use murmur_mixnode::config::AuthorityPin;
-use murmur_mixnode::engine::DropReason;
+use murmur_mixnode::engine::{DropReason, StaticTopology};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::mailbox::QueueItem;
 use murmur_wire::{Ack, MessageId};
@@ -228,4 +230,59 @@ async fn a_failed_start_cleans_up_and_leaves_the_callers_token_alone() {
     );
     assert!(!stop.is_cancelled());
     stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_consensus_deposits_are_stored_but_cannot_be_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = mid_epoch_clock();
+    let stop = CancellationToken::new();
+    let mut c = Config::new(dir.path());
+    c.listen_addr = "127.0.0.1:0".parse().unwrap();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.engine.workers = 1;
+    c.replay.expected_packet_rate = 10.0;
+    // No directory: the topology stays empty.
+    let mailbox = start_mailbox_with_topology(
+        c,
+        SigningKey::from_bytes(&[4; 32]),
+        clock.clone(),
+        Arc::new(StaticTopology::new()),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let (status, body) = HttpClient::new(Duration::from_secs(5))
+        .get(mailbox.http_addr, "/healthz", 4096)
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 503);
+    assert!(String::from_utf8_lossy(&body).contains("no consensus yet"));
+
+    // The key for this epoch, from the descriptor the provider would publish.
+    let descriptor = mailbox.descriptor().unwrap().verify().unwrap();
+    let hop = murmur_wire::Hop {
+        id: mailbox.node_id,
+        key: descriptor
+            .descriptor()
+            .key_for(clock.now_secs() / L)
+            .unwrap(),
+    };
+    assert_eq!(descriptor.descriptor().http_addr, Some(mailbox.http_addr));
+    let api = Owner::new(mailbox.http_addr, clock.clone());
+    let inbox = api.create(&owner_key(1)).await;
+    let (packet, _) =
+        Sender::new(1).deposit(hop, inbox, MessageId::from_bytes([1; 16]), 1, hop, inbox);
+    send_packets(mailbox.packet_addr, &[&packet]).await;
+    // Stored and durable, but the acknowledgement's first hop is unknown
+    // without a consensus: refused by the links and counted.
+    let m = mailbox.metrics().clone();
+    wait_for("the acknowledgement to fail", || m.acks_failed() == 1).await;
+    assert_eq!(m.deposits("stored"), 1);
+    assert_eq!(m.acks_sent(), 0);
+    assert_eq!(mailbox.stats().dropped(DropReason::UnknownNextHop), 1);
+    assert_eq!(api.fetch(&owner_key(1), inbox).await.entries.len(), 1);
+    assert_eq!(mailbox.registration_metrics().registrations(), 0);
+    stop.cancel();
+    mailbox.stopped().await;
 }
