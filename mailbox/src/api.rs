@@ -110,6 +110,24 @@ pub struct Api {
     /// cache is in memory and starts empty, so this keeps a request captured
     /// before a restart from being replayed after it.
     not_before: u64,
+    /// What `/healthz` answers; `ok` when not set.
+    health: Option<HealthCheck>,
+}
+
+/// A health check: what `GET /healthz` answers (status and one line).
+pub struct HealthCheck(Box<dyn Fn() -> (StatusCode, String) + Send + Sync>);
+
+impl HealthCheck {
+    /// A check that runs `f` for every request.
+    pub fn new(f: impl Fn() -> (StatusCode, String) + Send + Sync + 'static) -> Self {
+        Self(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for HealthCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HealthCheck")
+    }
 }
 
 impl std::fmt::Debug for dyn Store {
@@ -134,16 +152,42 @@ impl Api {
             nonces: NonceCache::new(config.nonce_cache_capacity),
             config,
             not_before,
+            health: None,
         }
+    }
+
+    /// Makes `/healthz` answer what `check` says instead of a plain `ok`
+    /// (the daemon reports whether it is listed in the consensus).
+    pub fn with_health(mut self, check: HealthCheck) -> Self {
+        self.health = Some(check);
+        self
     }
 
     /// Serves one HTTP request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
         let method = req.method().clone();
         let result = match (method, req.uri().path()) {
-            (Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
+            (Method::GET, "/healthz") => {
+                return match &self.health {
+                    Some(check) => {
+                        let (status, body) = (check.0)();
+                        text(status, body)
+                    }
+                    None => text(StatusCode::OK, "ok"),
+                };
+            }
             (Method::GET, "/metrics") => {
-                return murmur_directory::http::metrics(self.metrics.registry());
+                return match self.metrics.render() {
+                    Ok(body) => response(
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        body,
+                    ),
+                    Err(_) => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "could not encode metrics",
+                    ),
+                };
             }
             (Method::POST, "/v1/queues") => match self.body(req).await {
                 Ok(body) => self.create(&body).await,

@@ -1,48 +1,131 @@
 //! The provider as a daemon: everything started from one configuration,
 //! in-process ([`start_mailbox`]) or from the `murmur-mailbox` binary.
+//!
+//! ```text
+//!  mixnet ─► packet engine (murmur-mixnode) ─► Mailbox::handle_final ─► writer ─► redb
+//!               ▲ Sphinx keys (rotated)                                    │ durable
+//!               └──────────── Outbound ◄── acknowledgement (deposit's SURB) ┘
+//!  owners ─► fetch API (HTTP) ─► redb
+//!  authorities ◄─ descriptor every epoch;  consensus ─► follower ─► engine (next hops)
+//! ```
+//!
+//! The provider is the final hop of deposits, drop cover, client loops and
+//! SURB replies addressed to its queues. It is never chosen as an
+//! intermediate hop (the consensus lists it as a mailbox, not in a mix
+//! layer); a packet that nevertheless asks it to forward is forwarded by
+//! the engine like a mix would (delay and next hop checked against the
+//! consensus), which tells an attacker nothing a mix would not.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use http::StatusCode;
 use murmur_directory::clock::Clock;
-use murmur_directory::http::spawn_server;
-use murmur_wire::NodeId;
+use murmur_directory::http::{HttpClient, spawn_server};
+use murmur_directory::{AuthorityEndpoint, DirectoryClient, spawn_follower};
+use murmur_mixnode::engine::{Engine, EngineConfig, EngineHandle, EngineStats, Outbound, Topology};
+use murmur_mixnode::keys::{KeyManager, spawn_rotation};
+use murmur_mixnode::registration::{RegistrationMetrics, WatchTopology, spawn_registration};
+use murmur_wire::directory::DESCRIPTOR_VERSION;
+use murmur_wire::policy::epoch_at;
+use murmur_wire::{Descriptor, IdentityKey, NodeId, Packet, Role, SignedDescriptor};
+use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zeroize::Zeroizing;
 
-use crate::api::Api;
-use crate::config::{Config, EXAMPLE_CONFIG};
+use crate::api::{Api, HealthCheck};
+use crate::config::{Config, ExampleOptions, example_config, node_config};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::provider::{Mailbox, PacketSink, WriterThread};
 use crate::reaper::{ReaperConfig, run_reaper};
 use crate::store::{RedbStore, Store};
 
+/// How often the key rotation task reads the clock.
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
+
 /// A running provider.
-#[derive(Debug)]
 pub struct MailboxHandle {
-    /// Where the fetch API, `/metrics` and `/healthz` are served.
+    /// The bound packet address (where the mixnet delivers).
+    pub packet_addr: SocketAddr,
+    /// The packet address published in the descriptor.
+    pub public_addr: SocketAddr,
+    /// The bound address of the fetch API, `/metrics` and `/healthz`.
     pub http_addr: SocketAddr,
+    /// The fetch API address published in the descriptor.
+    pub public_http_addr: SocketAddr,
     /// The provider's node id (from its identity key).
     pub node_id: NodeId,
     metrics: Arc<Metrics>,
+    engine: Arc<EngineHandle>,
+    keys: Arc<KeyManager>,
+    registration: RegistrationMetrics,
+    identity: SigningKey,
+    clock: Arc<dyn Clock>,
+    done: CancellationToken,
     stopped: JoinHandle<()>,
 }
 
+impl std::fmt::Debug for MailboxHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailboxHandle")
+            .field("packet_addr", &self.packet_addr)
+            .field("public_addr", &self.public_addr)
+            .field("http_addr", &self.http_addr)
+            .field("public_http_addr", &self.public_http_addr)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl MailboxHandle {
-    /// The provider's metrics.
+    /// The provider's metrics (the packet engine's are attached to them).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    /// Waits until the provider has stopped after its shutdown token was
-    /// cancelled: requests in flight answered, the last batch committed, the
-    /// database closed (it can be reopened at once).
+    /// The packet engine's counters now.
+    pub fn stats(&self) -> EngineStats {
+        self.engine.stats()
+    }
+
+    /// The registration counters (zero for a provider started without the
+    /// directory).
+    pub fn registration_metrics(&self) -> &RegistrationMetrics {
+        &self.registration
+    }
+
+    /// The provider's Sphinx key manager.
+    pub fn keys(&self) -> &KeyManager {
+        &self.keys
+    }
+
+    /// The descriptor the provider publishes now (signed, verified).
+    pub fn descriptor(&self) -> Result<SignedDescriptor> {
+        mailbox_descriptor(
+            &self.identity,
+            self.public_addr,
+            self.public_http_addr,
+            &self.keys,
+            self.clock.now_secs(),
+        )
+    }
+
+    /// Resolves once the provider has stopped after its shutdown token was
+    /// cancelled: requests in flight answered, the packet listener closed,
+    /// every deposit handed to the writer committed (and acknowledged only
+    /// then), the replay cache persisted, the database closed (it can be
+    /// reopened at once).
+    pub async fn wait(&self) {
+        self.done.cancelled().await;
+    }
+
+    /// Like [`wait`](Self::wait), consuming the handle.
     pub async fn stopped(self) {
         if self.stopped.await.is_err() {
             tracing::error!("the mailbox shutdown task panicked");
@@ -50,10 +133,56 @@ impl MailboxHandle {
     }
 }
 
-/// Starts a provider: opens (or creates) the database under
-/// `config.data_dir`, starts the reaper and the fetch API, and runs until
-/// `shutdown` is cancelled. Port 0 in the configuration picks a free port;
-/// the handle has the bound addresses.
+/// Signs the descriptor of a provider whose packet address is `packet_addr`
+/// and whose fetch API is at `http_addr`, published at unix time `now_secs`
+/// with the Sphinx keys of the current and upcoming epochs.
+pub fn mailbox_descriptor(
+    identity: &SigningKey,
+    packet_addr: SocketAddr,
+    http_addr: SocketAddr,
+    keys: &KeyManager,
+    now_secs: u64,
+) -> Result<SignedDescriptor> {
+    sign_descriptor(identity, packet_addr, http_addr, keys, now_secs)
+        .map_err(|(what, source)| Error::Wire { what, source })
+}
+
+/// [`mailbox_descriptor`] with the error in parts, so that the registration
+/// task (which wants the node plumbing's error type) can use it too.
+fn sign_descriptor(
+    identity: &SigningKey,
+    packet_addr: SocketAddr,
+    http_addr: SocketAddr,
+    keys: &KeyManager,
+    now_secs: u64,
+) -> std::result::Result<SignedDescriptor, (&'static str, murmur_wire::Error)> {
+    let descriptor = Descriptor {
+        version: DESCRIPTOR_VERSION,
+        identity: IdentityKey::from(&identity.verifying_key()),
+        role: Role::Mailbox,
+        packet_addr,
+        http_addr: Some(http_addr),
+        sphinx_keys: keys.public_keys(now_secs),
+        published_at: now_secs,
+    };
+    let signed = SignedDescriptor::sign(&descriptor, identity)
+        .map_err(|e| ("could not sign the descriptor", e))?;
+    // Never publish what an authority would refuse.
+    signed
+        .verify()
+        .map_err(|e| ("the descriptor does not verify", e))?;
+    Ok(signed)
+}
+
+/// Starts a provider: opens (or creates) the database and the Sphinx keys
+/// under `config.data_dir`, follows the verified consensus of the configured
+/// authorities, registers its descriptor with every authority at start and
+/// in every epoch, accepts packets on `config.listen_addr`, serves the fetch
+/// API on `config.http.listen`, and runs until `shutdown` is cancelled.
+///
+/// Port 0 picks a free port for either listener; the handle has the bound
+/// addresses. A failed start stops whatever it started without cancelling
+/// `shutdown` (it runs on a child token).
 pub async fn start_mailbox(
     config: Config,
     identity: SigningKey,
@@ -61,12 +190,105 @@ pub async fn start_mailbox(
     shutdown: CancellationToken,
 ) -> Result<MailboxHandle> {
     config.validate()?;
-    let node_id = NodeId::from_identity(&identity.verifying_key());
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::File {
-        action: "create",
-        path: config.data_dir.clone(),
-        source,
+    let endpoints: Vec<AuthorityEndpoint> = config
+        .directory
+        .pins()
+        .map_err(node_config)?
+        .into_iter()
+        .map(|(addr, key)| AuthorityEndpoint { addr, key })
+        .collect();
+    if endpoints.is_empty() {
+        return Err(Error::ConfigValue(
+            "no directory authorities: add [[directory.authorities]]".into(),
+        ));
+    }
+    let client = DirectoryClient::new(
+        endpoints,
+        config.directory.threshold,
+        HttpClient::new(Duration::from_millis(config.directory.request_timeout_ms)),
+    )
+    .map_err(|source| Error::Directory {
+        source: Box::new(source),
     })?;
+    let shutdown = shutdown.child_token();
+    let watch = spawn_follower(client.clone(), clock.clone(), shutdown.clone());
+    start(
+        config,
+        identity,
+        clock,
+        Arc::new(WatchTopology(watch)),
+        Some(client),
+        shutdown,
+    )
+    .await
+}
+
+/// Starts a provider that learns the network from `topology` instead of
+/// following the directory, and does not register (tests, tools, callers
+/// that feed the topology themselves). See [`start_mailbox`].
+pub async fn start_mailbox_with_topology(
+    config: Config,
+    identity: SigningKey,
+    clock: Arc<dyn Clock>,
+    topology: Arc<dyn Topology>,
+    shutdown: CancellationToken,
+) -> Result<MailboxHandle> {
+    start(
+        config,
+        identity,
+        clock,
+        topology,
+        None,
+        shutdown.child_token(),
+    )
+    .await
+}
+
+/// The engine's [`Outbound`], set once the engine has started. The
+/// final-hop handler (and so its packet sink) must exist before the engine
+/// does; no acknowledgement can be due before then (no packet arrives
+/// before the engine runs), so the empty state is never used in practice
+/// and would count the acknowledgement as failed.
+#[derive(Default)]
+struct LateOutbound(OnceLock<Outbound>);
+
+impl PacketSink for LateOutbound {
+    fn send(&self, first_hop: NodeId, packet: Packet) -> bool {
+        match self.0.get() {
+            Some(outbound) => outbound.send(first_hop, packet),
+            None => false,
+        }
+    }
+}
+
+/// `shutdown` is the provider's own token (a child of the caller's).
+async fn start(
+    config: Config,
+    identity: SigningKey,
+    clock: Arc<dyn Clock>,
+    topology: Arc<dyn Topology>,
+    directory: Option<DirectoryClient>,
+    shutdown: CancellationToken,
+) -> Result<MailboxHandle> {
+    let started = start_inner(config, identity, clock, topology, directory, &shutdown).await;
+    if started.is_err() {
+        // Stops the follower and anything else started on the token.
+        shutdown.cancel();
+    }
+    started
+}
+
+async fn start_inner(
+    config: Config,
+    identity: SigningKey,
+    clock: Arc<dyn Clock>,
+    topology: Arc<dyn Topology>,
+    directory: Option<DirectoryClient>,
+    shutdown: &CancellationToken,
+) -> Result<MailboxHandle> {
+    config.validate()?;
+    let node_id = IdentityKey::from(&identity.verifying_key()).node_id();
+    private_dir(&config.data_dir)?;
     let db_path = config.database_path();
     let quota = config.storage.quota();
     let store = tokio::task::spawn_blocking(move || RedbStore::open(&db_path, quota))
@@ -86,6 +308,99 @@ pub async fn start_mailbox(
     };
     metrics.queues.set(count);
 
+    let keys = {
+        let dir = config.data_dir.join("keys");
+        let epoch_secs = config.network.epoch_secs;
+        let settings = config.keys.clone();
+        let now = clock.now_secs();
+        tokio::task::spawn_blocking(move || KeyManager::open(dir, epoch_secs, settings, now))
+            .await
+            .map_err(|_| Error::Task {
+                during: "opening the Sphinx keys",
+            })?
+            .map_err(|source| Error::Node {
+                what: "could not open the Sphinx keys",
+                source: Box::new(source),
+            })?
+    };
+    let keys = Arc::new(keys);
+
+    // The final hop first (the engine needs it), its packet sink filled in
+    // once the engine exists.
+    let sink = Arc::new(LateOutbound::default());
+    let (mailbox, writer) = Mailbox::start(
+        store.clone(),
+        sink.clone(),
+        clock.clone(),
+        config.storage.writer(),
+        metrics.clone(),
+    )?;
+    let mut node_registry = Registry::with_prefix("murmur_mailbox");
+    let registration = RegistrationMetrics::register(&mut node_registry);
+    let engine = match Engine::start(
+        EngineConfig {
+            listen_addr: config.listen_addr,
+            replay_dir: config.data_dir.join("replay"),
+            key_lifetime: config.key_lifetime(),
+            limits: config.engine.clone(),
+            replay: config.replay.clone(),
+        },
+        keys.ring(),
+        topology.clone(),
+        Arc::new(mailbox.clone()),
+        &mut node_registry,
+        shutdown.clone(),
+    ) {
+        Ok(engine) => Arc::new(engine),
+        Err(source) => {
+            abort(shutdown, None, mailbox, writer).await;
+            return Err(Error::Node {
+                what: "could not start the packet engine",
+                source: Box::new(source),
+            });
+        }
+    };
+    if sink.0.set(engine.outbound()).is_err() {
+        // Unreachable: the sink is new and set only here.
+        tracing::error!("the acknowledgement sink was already set");
+    }
+    metrics.attach_node_registry(node_registry);
+    let packet_addr = engine.local_addr;
+    let public_addr = config.public_addr.unwrap_or(packet_addr);
+
+    let health = {
+        let (topology, keys, clock) = (topology.clone(), keys.clone(), clock.clone());
+        HealthCheck::new(move || health(node_id, &*topology, &keys, &*clock))
+    };
+    let api = Arc::new(
+        Api::new(
+            store.clone(),
+            clock.clone(),
+            metrics.clone(),
+            config.api.api(),
+        )
+        .with_health(health),
+    );
+    let (http_addr, http_task) = match spawn_server(
+        config.http.listen,
+        move |req| api.clone().handle(req),
+        config.http.limits(),
+        shutdown.clone(),
+    )
+    .await
+    {
+        Ok(bound) => bound,
+        Err(source) => {
+            abort(shutdown, Some(&engine), mailbox, writer).await;
+            return Err(Error::Bind {
+                addr: config.http.listen,
+                source,
+            });
+        }
+    };
+    let public_http_addr = config.http.public_addr.unwrap_or(http_addr);
+
+    // Nothing below can fail: the background tasks.
     let tasks = TaskTracker::new();
     tasks.spawn(run_reaper(
         store.clone(),
@@ -98,55 +413,202 @@ pub async fn start_mailbox(
         metrics.clone(),
         shutdown.clone(),
     ));
-
-    let api = Arc::new(Api::new(
-        store.clone(),
+    spawn_rotation(
+        keys.clone(),
         clock.clone(),
-        metrics.clone(),
-        config.api.api(),
-    ));
-    let (http_addr, http_task) = spawn_server(
-        config.http.listen,
-        move |req| api.clone().handle(req),
-        config.http.limits(),
+        ROTATION_CHECK,
         shutdown.clone(),
-    )
-    .await
-    .map_err(|source| Error::Bind {
-        addr: config.http.listen,
-        source,
-    })?;
-    tracing::info!(%http_addr, %node_id, "mailbox provider started");
+        &tasks,
+    );
+    if let Some(client) = directory {
+        let (identity, keys) = (identity.clone(), keys.clone());
+        spawn_registration(
+            client,
+            move |now| {
+                sign_descriptor(&identity, public_addr, public_http_addr, &keys, now)
+                    .map_err(|(what, source)| murmur_mixnode::Error::Wire { what, source })
+            },
+            config.network.epoch_secs,
+            clock.clone(),
+            registration.clone(),
+            shutdown.clone(),
+            &tasks,
+        );
+    }
+    tasks.close();
+    tracing::info!(%node_id, %packet_addr, %http_addr, "mailbox provider started");
 
-    let stopped = tokio::spawn(async move {
-        shutdown.cancelled().await;
-        if http_task.await.is_err() {
-            tracing::error!("the HTTP server task panicked");
-        }
-        tasks.close();
-        tasks.wait().await;
-        drop(store);
-        tracing::info!("mailbox provider stopped");
-    });
+    let done = CancellationToken::new();
+    let stopped = tokio::spawn(stop_when_cancelled(
+        shutdown.clone(),
+        http_task,
+        engine.clone(),
+        tasks,
+        mailbox,
+        writer,
+        store,
+        done.clone(),
+    ));
     Ok(MailboxHandle {
+        packet_addr,
+        public_addr,
         http_addr,
+        public_http_addr,
         node_id,
         metrics,
+        engine,
+        keys,
+        registration,
+        identity,
+        clock,
+        done,
         stopped,
     })
 }
 
-/// Writes `DIR/mailbox.toml` (the commented example configuration) and a new
-/// identity key `DIR/identity.key`. Refuses to overwrite either.
-pub fn init_dir(dir: &Path) -> Result<(PathBuf, NodeId)> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::File {
+/// The orderly stop. Packets first: once the engine's workers are joined no
+/// more deposits reach the writer; then the writer commits what it holds
+/// and stops (every deposit it acknowledges is durable before its
+/// acknowledgement is built); the acknowledgement tasks finish (an
+/// acknowledgement the stopped links no longer take is counted as failed,
+/// and its sender retransmits); last the database closes.
+#[allow(clippy::too_many_arguments)]
+async fn stop_when_cancelled(
+    shutdown: CancellationToken,
+    http_task: JoinHandle<()>,
+    engine: Arc<EngineHandle>,
+    tasks: TaskTracker,
+    mailbox: Mailbox,
+    writer: WriterThread,
+    store: Arc<dyn Store>,
+    done: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    if http_task.await.is_err() {
+        tracing::error!("the HTTP server task panicked");
+    }
+    engine.wait().await;
+    tasks.wait().await;
+    let acks = mailbox.tasks().clone();
+    drop(mailbox);
+    join_writer(writer).await;
+    acks.close();
+    acks.wait().await;
+    drop(store);
+    tracing::info!("mailbox provider stopped");
+    done.cancel();
+}
+
+/// Undoes a start that failed after the write path was running.
+async fn abort(
+    shutdown: &CancellationToken,
+    engine: Option<&EngineHandle>,
+    mailbox: Mailbox,
+    writer: WriterThread,
+) {
+    shutdown.cancel();
+    if let Some(engine) = engine {
+        engine.wait().await;
+    }
+    let acks = mailbox.tasks().clone();
+    drop(mailbox);
+    join_writer(writer).await;
+    acks.close();
+    acks.wait().await;
+}
+
+async fn join_writer(writer: WriterThread) {
+    if tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .is_err()
+    {
+        tracing::error!("could not join the mailbox writer thread");
+    }
+}
+
+/// What `/healthz` says: 200 once the provider has a key for the current
+/// epoch and the consensus in force lists it as a mailbox.
+fn health(
+    node_id: NodeId,
+    topology: &dyn Topology,
+    keys: &KeyManager,
+    clock: &dyn Clock,
+) -> (StatusCode, String) {
+    let epoch = epoch_at(clock.now_secs(), keys.epoch_secs());
+    if keys.ring().load().get(epoch).is_none() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no Sphinx key for the current epoch {epoch}"),
+        );
+    }
+    match topology.current() {
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no consensus yet".to_owned(),
+        ),
+        Some(c) if c.params().epoch_secs != keys.epoch_secs() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the network's epochs are {} s, network.epoch_secs is {}: fix the configuration",
+                c.params().epoch_secs,
+                keys.epoch_secs()
+            ),
+        ),
+        Some(c) => match c.node(&node_id) {
+            Some(n) if n.role == Role::Mailbox => (
+                StatusCode::OK,
+                format!("ok: epoch {}, listed as a mailbox", c.epoch()),
+            ),
+            _ => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not listed as a mailbox in the consensus for epoch {}",
+                    c.epoch()
+                ),
+            ),
+        },
+    }
+}
+
+/// Creates `dir` (and its parents) readable by the owner only (0700) if it
+/// does not exist; an existing directory keeps its mode.
+fn private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|source| Error::File {
         action: "create",
         path: dir.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+/// Writes `DIR/mailbox.toml` (the commented example configuration with
+/// `options`) and a new identity key `DIR/identity.key` (0600). Refuses to
+/// overwrite either. Returns the configuration's path and the node id.
+pub fn init_dir(dir: &Path, options: &ExampleOptions) -> Result<(PathBuf, NodeId)> {
     let config_path = dir.join("mailbox.toml");
-    let key_path = Config::default().identity_path();
-    let key_path = dir.join(key_path.file_name().unwrap_or_default());
+    let text = example_config(options);
+    // Never write what `run` would refuse.
+    Config::parse(&text, &config_path)?;
+    private_dir(dir)?;
+    let key_path = dir.join("identity.key");
+    for path in [&config_path, &key_path] {
+        if path.exists() {
+            return Err(Error::File {
+                action: "write",
+                path: path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the file exists; init does not overwrite it",
+                ),
+            });
+        }
+    }
     let key = SigningKey::generate(&mut rand::rng());
     let encoded = Zeroizing::new(bs58::encode(key.to_bytes()).into_string());
     write_new(
@@ -154,11 +616,15 @@ pub fn init_dir(dir: &Path) -> Result<(PathBuf, NodeId)> {
         format!("{}\n", encoded.as_str()).as_bytes(),
         true,
     )?;
-    write_new(&config_path, EXAMPLE_CONFIG.as_bytes(), false)?;
-    Ok((config_path, NodeId::from_identity(&key.verifying_key())))
+    write_new(&config_path, text.as_bytes(), false)?;
+    Ok((
+        config_path,
+        IdentityKey::from(&key.verifying_key()).node_id(),
+    ))
 }
 
 fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<()> {
+    use std::io::Write;
     let err = |source| Error::File {
         action: "write",
         path: path.to_path_buf(),

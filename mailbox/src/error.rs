@@ -112,6 +112,36 @@ pub enum Error {
         during: &'static str,
     },
 
+    /// The node plumbing (Sphinx keys, packet engine) failed, or one of its
+    /// configuration sections is invalid.
+    #[error("{what}")]
+    Node {
+        /// What was being done.
+        what: &'static str,
+        /// murmur-mixnode's error (boxed: it is large).
+        #[source]
+        source: Box<murmur_mixnode::Error>,
+    },
+
+    /// The directory client could not be set up (e.g. an invalid authority
+    /// set).
+    #[error("could not set up the directory client")]
+    Directory {
+        /// murmur-directory's error (boxed: it is large).
+        #[source]
+        source: Box<murmur_directory::Error>,
+    },
+
+    /// A descriptor could not be signed, or does not verify.
+    #[error("{what}")]
+    Wire {
+        /// What was being done.
+        what: &'static str,
+        /// murmur-wire's error.
+        #[source]
+        source: murmur_wire::Error,
+    },
+
     /// The provider was started outside a tokio runtime.
     #[error("the mailbox provider must be started inside a tokio runtime")]
     NoRuntime,

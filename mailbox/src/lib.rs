@@ -12,9 +12,12 @@ pub mod reaper;
 pub mod store;
 pub mod writer;
 
-pub use api::{Api, ApiConfig};
-pub use config::{Config, EXAMPLE_CONFIG};
-pub use daemon::{MailboxHandle, init_dir, load_identity, start_mailbox};
+pub use api::{Api, ApiConfig, HealthCheck};
+pub use config::{Config, ExampleOptions, example_config};
+pub use daemon::{
+    MailboxHandle, init_dir, load_identity, mailbox_descriptor, start_mailbox,
+    start_mailbox_with_topology,
+};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use provider::{Mailbox, PacketSink, WriterThread};

@@ -1,12 +1,23 @@
 //! `murmur-mailbox`: the mailbox provider daemon.
+//!
+//! * `murmur-mailbox init --dir DIR [--authority ADDR=KEY]...` writes
+//!   `DIR/mailbox.toml` (every key commented, with its default) and a new
+//!   Ed25519 identity key `DIR/identity.key` (mode 0600), and prints the
+//!   node id.
+//! * `murmur-mailbox run --config FILE` runs the provider until SIGINT or
+//!   SIGTERM, then shuts down gracefully (last batch committed, replay cache
+//!   persisted, database closed).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use murmur_directory::clock::SystemClock;
-use murmur_mailbox::{Config, init_dir, load_identity, start_mailbox};
+use murmur_mailbox::{Config, ExampleOptions, init_dir, load_identity, start_mailbox};
+use murmur_mixnode::config::AuthorityPin;
+use murmur_wire::IdentityKey;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -24,9 +35,29 @@ enum Command {
     /// Writes DIR/mailbox.toml (every option, commented) and a new identity
     /// key DIR/identity.key. Refuses to overwrite existing files.
     Init {
-        /// Directory to create the files in.
+        /// Directory to create the files in (the data directory too).
         #[arg(long)]
         dir: PathBuf,
+        /// Packet listen address.
+        #[arg(long, default_value = "127.0.0.1:7481")]
+        listen: SocketAddr,
+        /// Packet address published to the directory (needed when
+        /// listening on a wildcard address).
+        #[arg(long)]
+        public_addr: Option<SocketAddr>,
+        /// Address of the fetch API, /metrics and /healthz.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        http: SocketAddr,
+        /// Fetch API address published to the directory (needed when the
+        /// HTTP server listens on a wildcard address).
+        #[arg(long)]
+        http_public_addr: Option<SocketAddr>,
+        /// A directory authority, as ADDR=BASE58KEY (repeat for each).
+        #[arg(long = "authority", value_name = "ADDR=KEY")]
+        authorities: Vec<String>,
+        /// How many authorities must sign a consensus.
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
     },
     /// Runs the provider until SIGINT or SIGTERM.
     Run {
@@ -45,15 +76,53 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Init { dir } => {
-            let (config, node_id) =
-                init_dir(&dir).with_context(|| format!("initialising {}", dir.display()))?;
+        Command::Init {
+            dir,
+            listen,
+            public_addr,
+            http,
+            http_public_addr,
+            authorities,
+            threshold,
+        } => {
+            let authorities = authorities
+                .iter()
+                .map(|a| parse_authority(a))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let no_authorities = authorities.is_empty();
+            let options = ExampleOptions {
+                listen_addr: listen,
+                public_addr,
+                http_listen: http,
+                http_public_addr,
+                authorities,
+                threshold,
+            };
+            let (config, node_id) = init_dir(&dir, &options)
+                .with_context(|| format!("initialising {}", dir.display()))?;
             println!("wrote {} and a new identity key", config.display());
             println!("node id: {node_id}");
+            if no_authorities {
+                println!("add the directory authorities to [directory] before `run`");
+            }
             Ok(())
         }
         Command::Run { config } => run(config),
     }
+}
+
+fn parse_authority(s: &str) -> anyhow::Result<AuthorityPin> {
+    let (addr, key) = s
+        .split_once('=')
+        .with_context(|| format!("--authority {s}: expected ADDR=KEY"))?;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--authority {s}: bad address"))?;
+    IdentityKey::from_base58(key).with_context(|| format!("--authority {s}: bad key"))?;
+    Ok(AuthorityPin {
+        addr,
+        key: key.to_owned(),
+    })
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
@@ -67,7 +136,8 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let handle =
             start_mailbox(config, identity, Arc::new(SystemClock), shutdown.clone()).await?;
-        // Tests and scripts read the bound address from stdout.
+        // Tests and scripts read the bound addresses from stdout.
+        println!("packet_addr {}", handle.packet_addr);
         println!("http_addr {}", handle.http_addr);
         wait_for_signal().await?;
         tracing::info!("shutting down");
@@ -78,18 +148,12 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-            _ = term.recv() => {}
-        }
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! Counters only ever count events: no label carries a queue id, a message
 //! id or anything else that would tell one queue or one sender from another.
 
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 use murmur_wire::mailbox::QueueItem;
@@ -85,6 +86,9 @@ pub(crate) const API_ERRORS: [&str; 10] = [
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The node plumbing's metrics (packet engine, registration), attached
+    /// once the engine has started and rendered after the provider's own.
+    node: OnceLock<Registry>,
     deposits: [Counter; 6],
     loops: [Counter; 6],
     replies: [Counter; 6],
@@ -164,6 +168,7 @@ impl Metrics {
             queues: Gauge::default(),
             api_errors,
             registry,
+            node: OnceLock::new(),
         };
         m.register_rest()
     }
@@ -230,9 +235,28 @@ impl Metrics {
         self
     }
 
-    /// The registry, for rendering.
+    /// The registry of the provider's own metrics.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Attaches the node plumbing's registry (the packet engine's and the
+    /// registration's metrics), rendered after the provider's own. Only the
+    /// first call has an effect; returns whether this one did.
+    pub fn attach_node_registry(&self, registry: Registry) -> bool {
+        self.node.set(registry).is_ok()
+    }
+
+    /// Renders every metric in the Prometheus text exposition format.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        let mut out = String::new();
+        encode_registry(&mut out, &self.registry)?;
+        if let Some(node) = self.node.get() {
+            encode_registry(&mut out, node)?;
+        }
+        encode_eof(&mut out)?;
+        Ok(out)
     }
 
     pub(crate) fn count(&self, kind: Kind, outcome: Outcome) {
@@ -270,6 +294,12 @@ impl Metrics {
     /// Acknowledgements handed to the packet sink so far.
     pub fn acks_sent(&self) -> u64 {
         self.acks_sent.get()
+    }
+
+    /// Acknowledgements that could not be built or were refused by the
+    /// packet sink so far.
+    pub fn acks_failed(&self) -> u64 {
+        self.acks_failed.get()
     }
 }
 

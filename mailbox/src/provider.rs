@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use murmur_directory::clock::Clock;
+use murmur_mixnode::engine::{FinalHop, Outbound};
 use murmur_wire::mailbox::QueueItem;
 use murmur_wire::{Ack, Delivery, Destination, FinalPayload, MessageId, NodeId, Packet, QueueId};
 use murmur_wire::{Deposit, Surb};
@@ -30,7 +31,8 @@ use crate::store::{InsertOutcome, NewItem, Store};
 use crate::writer::{SubmitError, Writer, WriterConfig};
 
 /// Where the provider sends its acknowledgements: into the mixnet, towards
-/// the SURB's first hop. Implemented by the mix node engine's outbound side.
+/// the SURB's first hop. Implemented by the packet engine's
+/// [`Outbound`] (what the daemon uses); tests plug in their own.
 pub trait PacketSink: Send + Sync + 'static {
     /// Queues `packet` for `first_hop`. Returns false if it was dropped
     /// (unknown hop, link queue full); the deposit's sender then retransmits
@@ -173,6 +175,22 @@ impl Mailbox {
             Ok(None) => {}
             Err(e) => self.metrics.count(Kind::Deposit, refused(e)),
         }
+    }
+}
+
+/// The packet engine hands the packets for which this provider is the final
+/// hop to [`Mailbox::handle_final`] (on an unwrap worker thread; it never
+/// blocks).
+impl FinalHop for Mailbox {
+    fn deliver(&self, destination: Destination, delivery: Delivery) {
+        self.handle_final(destination, delivery);
+    }
+}
+
+/// Acknowledgements leave through the packet engine's outbound links.
+impl PacketSink for Outbound {
+    fn send(&self, first_hop: NodeId, packet: Packet) -> bool {
+        Outbound::send(self, first_hop, packet)
     }
 }
 
