@@ -563,7 +563,7 @@ pub(crate) fn node_config(e: murmur_mixnode::Error) -> Error {
         murmur_mixnode::Error::Config(msg) => Error::ConfigValue(msg),
         other => Error::Node {
             what: "invalid configuration",
-            source: other,
+            source: Box::new(other),
         },
     }
 }

@@ -320,7 +320,7 @@ async fn start_inner(
             })?
             .map_err(|source| Error::Node {
                 what: "could not open the Sphinx keys",
-                source,
+                source: Box::new(source),
             })?
     };
     let keys = Arc::new(keys);
@@ -356,7 +356,7 @@ async fn start_inner(
             abort(shutdown, None, mailbox, writer).await;
             return Err(Error::Node {
                 what: "could not start the packet engine",
-                source,
+                source: Box::new(source),
             });
         }
     };

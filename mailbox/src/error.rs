@@ -118,9 +118,9 @@ pub enum Error {
     Node {
         /// What was being done.
         what: &'static str,
-        /// murmur-mixnode's error.
+        /// murmur-mixnode's error (boxed: it is large).
         #[source]
-        source: murmur_mixnode::Error,
+        source: Box<murmur_mixnode::Error>,
     },
 
     /// The directory client could not be set up (e.g. an invalid authority

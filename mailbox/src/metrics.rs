@@ -295,6 +295,12 @@ impl Metrics {
     pub fn acks_sent(&self) -> u64 {
         self.acks_sent.get()
     }
+
+    /// Acknowledgements that could not be built or were refused by the
+    /// packet sink so far.
+    pub fn acks_failed(&self) -> u64 {
+        self.acks_failed.get()
+    }
 }
 
 impl Default for Metrics {

@@ -3,8 +3,9 @@
 //! middle of writing; every acknowledged deposit is in the database after.
 //!
 //! This runs the real write path (final-hop handler, group-commit writer,
-//! redb store) in a child process started from this test binary. The same
-//! check against the `murmur-mailbox` binary needs its packet listener.
+//! redb store) in a child process started from this test binary, under
+//! load. `tests/binary.rs` makes the same check through the
+//! `murmur-mailbox` binary's packet port, one deposit at a time.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;

@@ -238,3 +238,234 @@ pub fn owner_body(
             .unwrap(),
     )
 }
+
+// ------------------------------------------------------------- whole daemons
+
+pub mod net {
+    //! Helpers for tests against a running provider: an in-process directory
+    //! authority, packets over the packet port, owner requests over HTTP.
+
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use bytes::{Bytes, BytesMut};
+    use ed25519_dalek::SigningKey;
+    use http::StatusCode;
+    use murmur_directory::clock::Clock;
+    use murmur_directory::http::{HttpClient, POSTCARD};
+    use murmur_directory::{AuthorityConfig, AuthorityHandle, DirectoryClient, start_authority};
+    use murmur_wire::mailbox::{AckResponse, CreateQueueResponse, FetchResponse, OwnerOp};
+    use murmur_wire::{
+        DEPOSIT_BODY_SIZE, Deposit, FinalPayload, Hop, MessageId, NodeId, Packet, PacketCodec,
+        QueueId, Role, Route, SurbId, SurbRecovery, build_forward_packet, build_surb,
+    };
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+    use tokio_util::codec::Encoder;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{create_body, owner_body};
+
+    pub const WAIT: Duration = Duration::from_secs(30);
+
+    /// A one-node authority on loopback that publishes its first document
+    /// half a second after the first descriptor arrives.
+    pub async fn authority(
+        dir: &std::path::Path,
+        epoch_secs: u64,
+        clock: Arc<dyn Clock>,
+        stop: &CancellationToken,
+    ) -> AuthorityHandle {
+        let mut cfg = AuthorityConfig::new(dir);
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.epoch_secs = epoch_secs;
+        cfg.timing.bootstrap_window_ms = 500;
+        cfg.timing.tick_ms = 50;
+        start_authority(cfg, SigningKey::from_bytes(&[200; 32]), clock, stop.clone())
+            .await
+            .unwrap()
+    }
+
+    /// The provider `id` as the authority's current consensus lists it:
+    /// the route hop (with this epoch's Sphinx key), packet and HTTP address.
+    pub async fn listed(
+        auth: &AuthorityHandle,
+        clock: &dyn Clock,
+        id: NodeId,
+    ) -> (Hop, SocketAddr, SocketAddr) {
+        let client = DirectoryClient::new(
+            vec![auth.endpoint()],
+            1,
+            HttpClient::new(Duration::from_secs(5)),
+        )
+        .unwrap();
+        let doc = client.fetch_current(clock.now_secs()).await.unwrap();
+        let node = doc.node(&id).expect("the provider is not in the consensus");
+        assert_eq!(node.role, Role::Mailbox);
+        (node.hop(), node.packet_addr, node.http_addr.unwrap())
+    }
+
+    /// Polls `GET /healthz` until it answers 200; returns its body.
+    pub async fn wait_healthy(addr: SocketAddr) -> String {
+        let http = HttpClient::new(Duration::from_secs(5));
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            if let Ok((status, body)) = http.get(addr, "/healthz", 4096).await {
+                last = String::from_utf8_lossy(&body).into_owned();
+                if status == StatusCode::OK {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the provider did not become healthy: {last}");
+    }
+
+    /// Builds packets the way a client does, for one-hop routes.
+    pub struct Sender {
+        rng: ChaCha20Rng,
+    }
+
+    impl Sender {
+        pub fn new(seed: u64) -> Self {
+            Self {
+                rng: ChaCha20Rng::seed_from_u64(seed),
+            }
+        }
+
+        /// A deposit of message `id` into `queue` at `hop`, whose
+        /// acknowledgement SURB leads through `ack_hop` into `ack_queue`;
+        /// and the recovery material that opens the acknowledgement.
+        pub fn deposit(
+            &mut self,
+            hop: Hop,
+            queue: QueueId,
+            id: MessageId,
+            fill: u8,
+            ack_hop: Hop,
+            ack_queue: QueueId,
+        ) -> (Packet, SurbRecovery) {
+            let surb_route = Route::new(vec![ack_hop], vec![Duration::ZERO]).unwrap();
+            let surb_id = SurbId::random_nonzero(&mut self.rng);
+            let (surb, recovery) =
+                build_surb(&mut self.rng, &surb_route, ack_queue.into(), surb_id).unwrap();
+            let payload = FinalPayload::Deposit(Deposit {
+                id,
+                ack: surb,
+                body: Box::new([fill; DEPOSIT_BODY_SIZE]),
+            });
+            let route = Route::new(vec![hop], vec![Duration::ZERO]).unwrap();
+            let packet =
+                build_forward_packet(&mut self.rng, &route, queue.into(), &payload.encode())
+                    .unwrap();
+            (packet, recovery)
+        }
+    }
+
+    /// `packet` as one frame of the packet link protocol.
+    pub fn frame(packet: &Packet) -> BytesMut {
+        let mut buf = BytesMut::new();
+        PacketCodec.encode(packet, &mut buf).unwrap();
+        buf
+    }
+
+    /// Sends frames to a packet port over a fresh connection.
+    pub async fn send_packets(addr: SocketAddr, packets: &[&Packet]) {
+        use tokio::io::AsyncWriteExt;
+        let mut link = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for p in packets {
+            link.write_all(&frame(p)).await.unwrap();
+        }
+        link.flush().await.unwrap();
+        link.shutdown().await.unwrap();
+    }
+
+    /// An owner's view of the fetch API.
+    pub struct Owner {
+        http: HttpClient,
+        addr: SocketAddr,
+        clock: Arc<dyn Clock>,
+        nonce: AtomicU64,
+    }
+
+    impl Owner {
+        pub fn new(addr: SocketAddr, clock: Arc<dyn Clock>) -> Self {
+            Self {
+                http: HttpClient::new(Duration::from_secs(5)),
+                addr,
+                clock,
+                nonce: AtomicU64::new(1),
+            }
+        }
+
+        fn nonce(&self) -> [u8; 16] {
+            let mut n = [0u8; 16];
+            n[..8].copy_from_slice(&self.nonce.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+            n
+        }
+
+        async fn post(&self, path: &str, body: Bytes) -> Bytes {
+            let (status, body) = self
+                .http
+                .post(self.addr, path, POSTCARD, body, 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+            body
+        }
+
+        pub async fn create(&self, key: &SigningKey) -> QueueId {
+            let body = create_body(key, self.clock.now_secs(), self.nonce());
+            CreateQueueResponse::from_bytes(&self.post("/v1/queues", body).await)
+                .unwrap()
+                .queue
+        }
+
+        pub async fn fetch(&self, key: &SigningKey, queue: QueueId) -> FetchResponse {
+            let op = OwnerOp::Fetch {
+                after: 0,
+                limit: 256,
+            };
+            let body = owner_body(key, queue, op, self.clock.now_secs(), self.nonce());
+            FetchResponse::from_bytes(&self.post("/v1/queue", body).await).unwrap()
+        }
+
+        /// Fetches until the queue holds at least `n` entries.
+        pub async fn fetch_at_least(
+            &self,
+            key: &SigningKey,
+            queue: QueueId,
+            n: usize,
+        ) -> FetchResponse {
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                let got = self.fetch(key, queue).await;
+                if got.entries.len() >= n {
+                    return got;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "timed out waiting for {n} entries (have {})",
+                    got.entries.len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+
+        pub async fn ack(&self, key: &SigningKey, queue: QueueId, up_to: u64) -> u64 {
+            let body = owner_body(
+                key,
+                queue,
+                OwnerOp::Ack { up_to },
+                self.clock.now_secs(),
+                self.nonce(),
+            );
+            AckResponse::from_bytes(&self.post("/v1/queue", body).await)
+                .unwrap()
+                .deleted
+        }
+    }
+}
