@@ -317,7 +317,7 @@ impl Devnet {
     }
 
     /// Waits until the authorities publish a consensus listing every node
-    /// that is running.
+    /// that is running, and every node has it (its `/healthz` says so).
     pub async fn wait_ready(&self, limit: Duration) -> Result<Arc<VerifiedConsensus>> {
         let endpoints = self
             .network
@@ -328,6 +328,7 @@ impl Devnet {
             self.network.threshold,
             HttpClient::new(Duration::from_secs(2)),
         )?;
+        let http = HttpClient::new(Duration::from_secs(2));
         let want_mixes: Vec<NodeId> = self.mixes.iter().flatten().map(|m| m.node_id).collect();
         let want_boxes: Vec<NodeId> = self.mailboxes.iter().map(|m| m.node_id).collect();
         let deadline = tokio::time::Instant::now() + limit;
@@ -338,13 +339,17 @@ impl Devnet {
                     let listed = |id: &NodeId| c.node(id).is_some();
                     let missing = want_mixes.iter().filter(|id| !listed(id)).count()
                         + want_boxes.iter().filter(|id| !listed(id)).count();
-                    if missing == 0 {
-                        return Ok(c);
+                    if missing > 0 {
+                        format!(
+                            "the consensus for epoch {} misses {missing} node(s)",
+                            c.epoch()
+                        )
+                    } else {
+                        match self.unhealthy(&http).await {
+                            None => return Ok(c),
+                            Some(why) => why,
+                        }
                     }
-                    format!(
-                        "the consensus for epoch {} misses {missing} node(s)",
-                        c.epoch()
-                    )
                 }
                 Err(e) => e.to_string(),
             };
@@ -353,6 +358,29 @@ impl Devnet {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// The first node whose `/healthz` is not OK, and why.
+    async fn unhealthy(&self, http: &HttpClient) -> Option<String> {
+        let addrs = self
+            .mixes
+            .iter()
+            .flatten()
+            .map(|m| m.http_addr)
+            .chain(self.mailboxes.iter().map(|m| m.http_addr));
+        for addr in addrs {
+            match http.get(addr, "/healthz", 4096).await {
+                Ok((status, _)) if status.is_success() => {}
+                Ok((status, body)) => {
+                    return Some(format!(
+                        "node at {addr} is not ready: {status} {}",
+                        String::from_utf8_lossy(&body).trim()
+                    ));
+                }
+                Err(e) => return Some(format!("node at {addr}: {e}")),
+            }
+        }
+        None
     }
 
     /// Node ids of the mixes, in start order (three layers' worth).
