@@ -16,13 +16,8 @@ use murmur_wire::{
 use tokio_util::codec::{Decoder, Encoder};
 
 fn deposit_plaintext(rng: &mut rand_chacha::ChaCha20Rng, route: &murmur_wire::Route) -> Vec<u8> {
-    let (surb, _) = build_surb(
-        rng,
-        route,
-        Destination([1; 32]),
-        SurbId::random_nonzero(rng),
-    )
-    .unwrap();
+    let surb_id = SurbId::random_nonzero(rng);
+    let (surb, _) = build_surb(rng, route, Destination([1; 32]), surb_id).unwrap();
     FinalPayload::Deposit(Deposit {
         id: MessageId::random(rng),
         ack: surb,
@@ -82,22 +77,12 @@ fn surbs(c: &mut Criterion) {
     let (_, route) = four_hops(&mut rng);
     c.bench_function("surb_build", |b| {
         b.iter(|| {
-            build_surb(
-                &mut rng,
-                &route,
-                Destination([1; 32]),
-                SurbId::random_nonzero(&mut rng),
-            )
-            .unwrap()
+            let id = SurbId::random_nonzero(&mut rng);
+            build_surb(&mut rng, &route, Destination([1; 32]), id).unwrap()
         })
     });
-    let (surb, _) = build_surb(
-        &mut rng,
-        &route,
-        Destination([1; 32]),
-        SurbId::random_nonzero(&mut rng),
-    )
-    .unwrap();
+    let surb_id = SurbId::random_nonzero(&mut rng);
+    let (surb, _) = build_surb(&mut rng, &route, Destination([1; 32]), surb_id).unwrap();
     let ack = Ack {
         id: MessageId::from_bytes([3; 16]),
     }

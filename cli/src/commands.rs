@@ -11,11 +11,11 @@ use murmur_client::{Body, Client, ClientOptions, ConsensusSource, Received};
 use murmur_wire::NodeId;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Cli, Command};
+use crate::Command;
 
 const NETWORK_FILE: &str = "network.toml";
 /// How long a command waits for a first verified consensus.
-const CONSENSUS_WAIT: Duration = Duration::from_secs(20);
+const CONSENSUS_WAIT: Duration = Duration::from_secs(15);
 
 fn home_dir(cli_home: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(h) = cli_home {
@@ -30,9 +30,9 @@ fn home_dir(cli_home: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// Runs one command.
-pub(crate) async fn run(cli: Cli) -> Result<()> {
-    let home = home_dir(cli.home)?;
-    match cli.command {
+pub(crate) async fn run(home: Option<PathBuf>, command: Command) -> Result<()> {
+    let home = home_dir(home)?;
+    match command {
         Command::Init {
             network,
             name,
@@ -101,6 +101,9 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         } => send(&home, &contact, text, file, Duration::from_secs(timeout)).await,
         Command::Inbox { all } => inbox(&home, all).await,
         Command::Watch => watch(&home).await,
+        Command::Devnet { .. } | Command::Demo { .. } => {
+            bail!("devnet and demo are not client commands")
+        }
     }
 }
 

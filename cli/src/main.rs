@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 
+use murmur::{demo, devnet};
+
 /// Anonymous, asynchronous messaging through the Murmur mixnet.
 #[derive(Debug, Parser)]
 #[command(name = "murmur", version, about, long_about = None)]
@@ -85,6 +87,93 @@ enum Command {
     },
     /// Stays online (sending cover traffic) and prints messages as they arrive.
     Watch,
+    /// Runs a whole network on this machine, in one process, until Ctrl-C:
+    /// directory authorities, three layers of mix nodes, mailbox providers.
+    Devnet {
+        /// Where the network keeps its keys and data; `DIR/client.toml` is
+        /// the file to give `murmur init --network`. Starting again in the
+        /// same folder brings the same network back.
+        #[arg(long, value_name = "DIR", default_value = "murmur-devnet")]
+        dir: std::path::PathBuf,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Shows Murmur working: starts a network in a temporary folder, makes
+    /// two clients contacts, sends messages and a file each way, and prints
+    /// what arrived.
+    Demo {
+        /// Text messages each way.
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
+        /// Size of the file sent each way, bytes (0: none).
+        #[arg(long, default_value_t = 1_200_000)]
+        file_size: usize,
+        /// Stop one mix node while messages are in flight (retransmission).
+        #[arg(long)]
+        kill_mix: bool,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// How often the clients poll their mailboxes, ms.
+        #[arg(long, default_value_t = 50)]
+        fetch_interval_ms: u64,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+}
+
+/// Network parameters of a devnet.
+#[derive(Debug, clap::Args)]
+struct NetArgs {
+    /// Epoch length, seconds.
+    #[arg(long, default_value_t = 600)]
+    epoch_secs: u64,
+    /// Mean per-hop delay, ms (exponential).
+    #[arg(long, default_value_t = 50)]
+    mean_delay_ms: u64,
+    /// Largest per-hop delay nodes accept, ms.
+    #[arg(long, default_value_t = 2000)]
+    max_delay_ms: u64,
+    /// λ: each client's send stream (real or drop cover), packets/s.
+    #[arg(long, default_value_t = 50.0)]
+    client_rate: f64,
+    /// λ_L: each client's loop cover, packets/s.
+    #[arg(long, default_value_t = 2.0)]
+    loop_rate: f64,
+    /// Each mix node's loop cover, packets/s.
+    #[arg(long, default_value_t = 0.5)]
+    mix_loop_rate: f64,
+    /// No cover traffic at all: real packets are sent as soon as they are
+    /// queued (overrides the rates).
+    #[arg(long)]
+    no_cover: bool,
+    /// Mix nodes per layer.
+    #[arg(long, default_value_t = 3)]
+    width: usize,
+}
+
+impl NetArgs {
+    fn options(&self, dir: std::path::PathBuf) -> devnet::DevnetOptions {
+        let (client_rate, loop_rate, mix_loop_rate) = if self.no_cover {
+            (0.0, 0.0, 0.0)
+        } else {
+            (self.client_rate, self.loop_rate, self.mix_loop_rate)
+        };
+        devnet::DevnetOptions {
+            dir,
+            width: self.width,
+            epoch_secs: self.epoch_secs,
+            mean_delay_ms: self.mean_delay_ms,
+            max_delay_ms: self.max_delay_ms,
+            client_rate,
+            client_loop_rate: loop_rate,
+            mix_loop_rate,
+            ..devnet::DevnetOptions::default()
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -112,7 +201,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    let Cli { home, command, .. } = cli;
+    let work = async move {
+        match command {
+            Command::Devnet { dir, net } => devnet::run(net.options(dir)).await,
+            Command::Demo {
+                messages,
+                file_size,
+                kill_mix,
+                json,
+                timeout,
+                fetch_interval_ms,
+                net,
+            } => {
+                demo::run(demo::DemoOptions {
+                    messages,
+                    file_size,
+                    kill_mix,
+                    json,
+                    timeout: std::time::Duration::from_secs(timeout),
+                    fetch_interval: std::time::Duration::from_millis(fetch_interval_ms.max(1)),
+                    net: net.options(std::path::PathBuf::new()),
+                })
+                .await
+            }
+            other => commands::run(home, other).await,
+        }
+    };
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -236,6 +236,8 @@ pub(crate) struct Inner {
     pub(crate) incoming: broadcast::Sender<ReceivedMessage>,
     pub(crate) counters: Counters,
     pub(crate) files_dir: PathBuf,
+    /// One fetch round at a time (the background loop and `fetch_now`).
+    pub(crate) fetch_lock: tokio::sync::Mutex<()>,
 }
 
 impl Inner {
@@ -434,6 +436,7 @@ impl Client {
             incoming,
             counters: Counters::default(),
             files_dir: home.join("files"),
+            fetch_lock: tokio::sync::Mutex::new(()),
         });
         tracker.spawn(send::send_loop(inner.clone(), shutdown.clone()));
         tracker.spawn(send::retransmit_loop(inner.clone(), shutdown.clone()));

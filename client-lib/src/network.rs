@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_directory::clock::SystemClock;
+use murmur_directory::clock::{Clock, SystemClock};
 use murmur_directory::http::HttpClient;
 use murmur_directory::{AuthorityEndpoint, ConsensusWatch, DirectoryClient, spawn_follower};
 use murmur_wire::{IdentityKey, VerifiedConsensus};
@@ -140,6 +140,18 @@ pub async fn follow(
     .map_err(|e| Error::Unreachable {
         reason: e.to_string(),
     })?;
+    // If no authority can even be connected to, say so now rather than
+    // after the whole wait; a network that answers but has no document yet
+    // (still bootstrapping) is waited for.
+    if let Err(e) = dir.fetch_current(SystemClock.now().as_secs()).await
+        && e.attempts
+            .iter()
+            .all(|a| matches!(a.error, murmur_directory::AttemptError::Unreachable(_)))
+    {
+        return Err(Error::Unreachable {
+            reason: format!("no directory authority answers ({e})"),
+        });
+    }
     let mut watch = spawn_follower(dir, Arc::new(SystemClock), shutdown);
     let deadline = tokio::time::Instant::now() + wait;
     while watch.current().is_none() {

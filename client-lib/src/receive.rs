@@ -42,6 +42,7 @@ pub(crate) async fn fetch_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
 
 /// One pass over every queue. Returns messages delivered.
 pub(crate) async fn fetch_round(inner: &Arc<Inner>) -> Result<u64> {
+    let _one_at_a_time = inner.fetch_lock.lock().await;
     let mut delivered = 0;
     let mut first_error = None;
     let mut queues = vec![

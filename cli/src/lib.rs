@@ -1,0 +1,6 @@
+//! The `murmur` command's library: the one-process local network
+//! ([`devnet`]) and the demo ([`demo`]), usable from tests and benchmarks.
+#![forbid(unsafe_code)]
+
+pub mod demo;
+pub mod devnet;
