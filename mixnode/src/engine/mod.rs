@@ -36,7 +36,7 @@ mod delay;
 mod inbound;
 mod links;
 mod metrics;
-pub(crate) mod replay;
+mod replay;
 mod topology;
 mod worker;
 
@@ -56,7 +56,7 @@ use crate::error::{Error, Result};
 use crate::keys::KeyRingHandle;
 
 pub use metrics::{CloseReason, DropReason};
-pub use replay::ReplaySettings;
+pub use replay::{ReplayCache, ReplaySettings, Seen};
 pub use topology::StaticTopology;
 
 use links::Links;
