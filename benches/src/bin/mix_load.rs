@@ -7,8 +7,10 @@
 //! ```
 //!
 //! Packets have two hops: the node under test, then a sink that reads
-//! frames. They are built ahead, each unique, with a per-hop delay for the
-//! node drawn from an exponential distribution (`--mean-delay-us`). For each
+//! frames. They are built ahead, each unique; half ask the node for no
+//! delay, half for a delay drawn from an exponential distribution
+//! (`--mean-delay-us`), and the added latency is reported for each half:
+//! a delayed packet also waits for the node's delay timer to fire. For each
 //! packet the run also computes, ahead, the bytes the node will forward, so
 //! the sink recognises every packet it receives without any Sphinx work.
 //!
@@ -53,7 +55,7 @@ use murmur_wire::{
     SphinxSecretKey, build_forward_packet,
 };
 use prometheus_client::registry::Registry;
-use rand::SeedableRng;
+use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
@@ -133,7 +135,13 @@ fn build_pool(
                     let dest = Destination::from(QueueId::from_bytes([7; 32]));
                     let mut out = Vec::with_capacity(per);
                     for _ in 0..per {
-                        let delay = sample_delay(&mut rng, mean_delay, Duration::from_secs(1));
+                        // Half the packets ask for no delay (they bypass the
+                        // node's delay timer), half for an exponential one.
+                        let delay = if rng.random::<bool>() {
+                            Duration::ZERO
+                        } else {
+                            sample_delay(&mut rng, mean_delay, Duration::from_secs(1))
+                        };
                         let route = Route::new(vec![node, sink], vec![delay, Duration::ZERO])?;
                         let p = build_forward_packet(&mut rng, &route, dest, b"load")?;
                         let Processed::Forward { packet, .. } = ring.process(&p)?.1 else {
@@ -354,11 +362,35 @@ struct LoadStep {
     forwarded_per_s: f64,
     drop_rate: f64,
     dropped_by_reason: Vec<(String, u64)>,
-    added_latency_us_p50: f64,
-    added_latency_us_p99: f64,
-    added_latency_us_max: f64,
-    added_latency_us_mean: f64,
+    /// Added latency of every packet, µs.
+    added_latency_all_us: Latency,
+    /// Added latency of the packets that asked for no delay, µs.
+    added_latency_zero_delay_us: Latency,
+    /// Added latency of the packets that asked for a delay, µs.
+    added_latency_delayed_us: Latency,
     cpu_per_packet: CpuPerPacket,
+}
+
+#[derive(Serialize, Clone, Copy, Default)]
+struct Latency {
+    count: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
+}
+
+impl Latency {
+    fn of(v: Vec<f64>) -> Self {
+        let s = sorted(v);
+        Self {
+            count: s.len(),
+            p50: quantile(&s, 0.5),
+            p99: quantile(&s, 0.99),
+            max: quantile(&s, 1.0),
+            mean: s.iter().sum::<f64>() / s.len().max(1) as f64,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -585,7 +617,7 @@ async fn run(args: Args, io_threads: usize, harness: tokio::runtime::Handle) -> 
         node.shutdown.cancel();
         node.engine.wait().await;
 
-        let mut added = Vec::new();
+        let (mut zero, mut delayed) = (Vec::new(), Vec::new());
         let (mut first_sent, mut last_arrival) = (u64::MAX, 0u64);
         for i in 0..n {
             let s = track.sent[i].load(Ordering::Relaxed);
@@ -596,11 +628,15 @@ async fn run(args: Args, io_threads: usize, harness: tokio::runtime::Handle) -> 
             if s > 0 && a > 0 {
                 last_arrival = last_arrival.max(a);
                 let lat_us = (a as f64 - s as f64) / 1e3 - pool.delays_us[i] as f64;
-                added.push(lat_us);
+                if pool.delays_us[i] == 0 {
+                    zero.push(lat_us);
+                } else {
+                    delayed.push(lat_us);
+                }
             }
         }
-        let got = added.len() as u64;
-        let added = sorted(added);
+        let got = (zero.len() + delayed.len()) as u64;
+        let all: Vec<f64> = zero.iter().chain(&delayed).copied().collect();
         let dropped: u64 = stats.dropped.values().sum();
         let window_s = (last_arrival.saturating_sub(first_sent)) as f64 / 1e9;
         let step = LoadStep {
@@ -615,14 +651,14 @@ async fn run(args: Args, io_threads: usize, harness: tokio::runtime::Handle) -> 
                 .filter(|(_, v)| **v > 0)
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
-            added_latency_us_p50: quantile(&added, 0.5),
-            added_latency_us_p99: quantile(&added, 0.99),
-            added_latency_us_max: quantile(&added, 1.0),
-            added_latency_us_mean: added.iter().sum::<f64>() / added.len().max(1) as f64,
+            added_latency_all_us: Latency::of(all),
+            added_latency_zero_delay_us: Latency::of(zero),
+            added_latency_delayed_us: Latency::of(delayed),
             cpu_per_packet: cpu_per_packet(&cpu_before, &cpu_after, n as u64),
         };
         say(format!(
-            "step {}: offered {:>6.0}/s ({:>3.0} % of capacity, {:>4.1} % of ceiling): forwarded {:>6.0}/s, drops {:.2} % {:?}, added latency per hop p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+            "step {}: offered {:>6.0}/s ({:>3.0} % of capacity, {:>4.1} % of ceiling): forwarded {:>6.0}/s, drops {:.2} % {:?}\n  \
+             added latency per hop: all p50 {:.0} µs, p99 {:.0} µs; no-delay packets p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; delayed packets p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
             k + 1,
             step.offered_per_s,
             100.0 * fraction,
@@ -630,16 +666,22 @@ async fn run(args: Args, io_threads: usize, harness: tokio::runtime::Handle) -> 
             step.forwarded_per_s,
             100.0 * step.drop_rate,
             step.dropped_by_reason,
-            step.added_latency_us_p50,
-            step.added_latency_us_p99,
-            step.added_latency_us_max,
+            step.added_latency_all_us.p50,
+            step.added_latency_all_us.p99,
+            step.added_latency_zero_delay_us.p50,
+            step.added_latency_zero_delay_us.p99,
+            step.added_latency_zero_delay_us.max,
+            step.added_latency_delayed_us.p50,
+            step.added_latency_delayed_us.p99,
+            step.added_latency_delayed_us.max,
         ));
         steps.push(step);
     }
+    // The target is read on every packet of the half-load step.
     let half = steps
         .iter()
         .find(|s| (s.fraction_of_capacity - 0.5).abs() < 1e-9)
-        .map(|s| s.added_latency_us_p99);
+        .map(|s| s.added_latency_all_us.p99);
     let report = Report {
         machine,
         load_at_end: murmur_benches::loadavg(),
