@@ -31,6 +31,9 @@ pub struct DemoOptions {
     pub timeout: Duration,
     /// How often the clients poll their mailboxes.
     pub fetch_interval: Duration,
+    /// Pause between sending one text each way and the next (zero: send
+    /// them all at once).
+    pub message_interval: Duration,
     /// The network.
     pub net: DevnetOptions,
 }
@@ -87,6 +90,7 @@ struct Config {
     client_loop_rate: f64,
     mix_loop_rate: f64,
     fetch_interval_ms: u64,
+    message_interval_ms: u64,
     messages_each_way: usize,
     file_bytes: usize,
     kill_mix: bool,
@@ -261,6 +265,9 @@ async fn exchange(
             );
             handles.push(h);
         }
+        if !options.message_interval.is_zero() {
+            tokio::time::sleep(options.message_interval).await;
+        }
     }
     if options.file_size > 0 {
         for (from, to, to_alice) in [(alice, &bob_name, false), (bob, &alice_name, true)] {
@@ -424,6 +431,8 @@ fn finish(options: &DemoOptions, p: Parts, killed: Option<String>, elapsed: Dura
             client_loop_rate: options.net.client_loop_rate,
             mix_loop_rate: options.net.mix_loop_rate,
             fetch_interval_ms: u64::try_from(options.fetch_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            message_interval_ms: u64::try_from(options.message_interval.as_millis())
                 .unwrap_or(u64::MAX),
             messages_each_way: options.messages,
             file_bytes: options.file_size,
