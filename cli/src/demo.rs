@@ -243,8 +243,11 @@ async fn exchange(
         "contacts established; safety numbers match ({sn_a})"
     ));
 
-    let mut in_alice = alice.incoming();
-    let mut in_bob = bob.incoming();
+    // Everything either client receives, as one stream.
+    let mut incoming = Box::pin(futures::stream::select(
+        alice.incoming().into_stream(),
+        bob.incoming().into_stream(),
+    ));
     let mut rng = rand::rng();
     let mut expected: HashMap<MessageId, Expected> = HashMap::new();
     let mut handles: Vec<SendHandle> = Vec::new();
@@ -318,8 +321,7 @@ async fn exchange(
     let deadline = tokio::time::Instant::now() + options.timeout;
     while received.len() < sent {
         let next = tokio::select! {
-            m = in_alice.next() => m,
-            m = in_bob.next() => m,
+            m = futures::StreamExt::next(&mut incoming) => m,
             _ = tokio::time::sleep_until(deadline) => None,
         };
         let Some(m) = next else { break };

@@ -153,6 +153,13 @@ impl Incoming {
             }
         }
     }
+
+    /// The same messages as a [`futures::Stream`].
+    pub fn into_stream(self) -> impl futures::Stream<Item = ReceivedMessage> + Send {
+        futures::stream::unfold(self, |mut incoming| async move {
+            incoming.next().await.map(|m| (m, incoming))
+        })
+    }
 }
 
 /// Counters a client keeps (since it started).
