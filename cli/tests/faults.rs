@@ -323,12 +323,22 @@ async fn a_client_killed_mid_send_delivers_once_when_run_again() {
     .await
     .unwrap();
     bob.accept(&invitation, None).await.unwrap();
-    let out = murmur(&alice, &["inbox"]).await;
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("bob accepted"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Alice learns of it from Bob's hello.
+    let mut learnt = false;
+    for _ in 0..20 {
+        let out = murmur(&alice, &["inbox"]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if String::from_utf8_lossy(&out.stdout).contains("bob accepted") {
+            learnt = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(learnt, "alice never saw bob's hello");
 
     // `murmur send --file`, killed with SIGKILL while it sends.
     let file = random_bytes(400_000);
@@ -430,6 +440,411 @@ async fn a_client_killed_mid_send_delivers_once_when_run_again() {
             kb / 1024
         ),
     );
+    bob.shutdown().await;
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_cut_and_restored_lose_nothing() {
+    // A proxy in front of every mix (the layers are dealt only once the
+    // network runs); the consensus lists the proxies' addresses.
+    let mut options = NetOptions::default();
+    let names = harness::mix_names(options.width);
+    let proxies = harness::proxy_nodes(&mut options, &names, 0);
+    let mut net = Net::start(options).await;
+    harness::connect_proxies(&net, &proxies);
+    let token = CancellationToken::new();
+    let consensus = follower(&net, &token).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = pair(dir.path(), &net, &consensus).await;
+    let rss = RssSampler::start(net.pids());
+
+    // Cut every link into the middle layer while messages are in flight:
+    // no route gets through.
+    let c = net.consensus().await;
+    let middle: Vec<&harness::proxy::Proxy> = c.layers()[1]
+        .iter()
+        .map(|m| &proxies[&net.mixes[net.mix_by_id(&m.id)].daemon.name])
+        .collect();
+    let mut to_bob = Sent::new();
+    let mut to_alice = Sent::new();
+    let mut handles = send_texts(&alice, "bob", "before the cut", 5, &mut to_bob).await;
+    handles.extend(send_texts(&bob, "alice", "before the cut", 5, &mut to_alice).await);
+    for p in &middle {
+        p.cut();
+    }
+    handles.extend(send_texts(&alice, "bob", "during the cut", 5, &mut to_bob).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let forwarded_at_restore: u64 = middle.iter().map(|p| p.forwarded()).sum();
+    let refused: u64 = middle.iter().map(|p| p.refused()).sum();
+    for p in &middle {
+        p.restore();
+    }
+    handles.extend(send_texts(&alice, "bob", "after", 5, &mut to_bob).await);
+    all_delivered(handles, DELIVERY).await;
+    let t1 = wait_inbox(&bob, &to_bob, DELIVERY).await;
+    let t2 = wait_inbox(&alice, &to_alice, DELIVERY).await;
+    // Traffic crosses the restored links again.
+    let forwarded_after: u64 = middle.iter().map(|p| p.forwarded()).sum();
+    assert!(forwarded_after > forwarded_at_restore);
+    assert!(refused > 0, "the cut refused nothing");
+    let mut m_drops = 0.0;
+    for n in &net.mixes {
+        m_drops += Metrics::scrape(n.http_addr)
+            .await
+            .sum("murmur_mixnode_link_connect_failures_total");
+    }
+    net.assert_others_healthy(&[]).await;
+    let (who, kb) = rss.finish(RSS_BOUND_KB);
+    let retrans = alice.stats().retransmissions + bob.stats().retransmissions;
+    report(
+        "cut every link into the middle layer for 3 s, then restore",
+        &[t1, t2],
+        &format!(
+            "{refused} connections dropped or refused during the cut, {m_drops} failed \
+             reconnections upstream; {retrans} retransmissions; max RSS {} MB ({who})",
+            kb / 1024
+        ),
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_restarted_across_an_epoch_boundary_lose_nothing() {
+    const L: u64 = 10;
+    let mut net = Net::start(NetOptions {
+        epoch_secs: L,
+        ..NetOptions::default()
+    })
+    .await;
+    let token = CancellationToken::new();
+    let consensus = follower(&net, &token).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = pair(dir.path(), &net, &consensus).await;
+    let rss = RssSampler::start(net.pids());
+
+    // Stop a middle-layer mix and Bob's mailbox 2.5 s before a boundary
+    // (at least 3 s away), start them 1 s after it.
+    let l_ms = L * 1000;
+    let mut boundary = (harness::now_ms() / l_ms + 1) * l_ms;
+    if boundary - harness::now_ms() < 3000 {
+        boundary += l_ms;
+    }
+    let c = net.consensus().await;
+    let mix = net.mix_by_id(&c.layers()[1][0].id);
+    let mut to_bob = Sent::new();
+    let mut to_alice = Sent::new();
+    let mut handles = Vec::new();
+    tokio::time::sleep(Duration::from_millis(boundary - 2500 - harness::now_ms())).await;
+    handles.extend(send_texts(&alice, "bob", "before", 4, &mut to_bob).await);
+    handles.extend(send_texts(&bob, "alice", "before", 4, &mut to_alice).await);
+    net.mixes[mix].daemon.terminate();
+    net.mailboxes[1].daemon.terminate();
+    handles.extend(send_texts(&alice, "bob", "while stopped", 4, &mut to_bob).await);
+    handles.extend(send_texts(&bob, "alice", "while stopped", 4, &mut to_alice).await);
+    tokio::time::sleep(Duration::from_millis(boundary + 1000 - harness::now_ms())).await;
+    let new_epoch = boundary / l_ms;
+    net.mixes[mix].daemon.start();
+    net.mailboxes[1].daemon.start();
+    rss.watch(
+        &net.mixes[mix].daemon.name.clone(),
+        net.mixes[mix].daemon.pid().unwrap(),
+    );
+    rss.watch("mailbox-1", net.mailboxes[1].daemon.pid().unwrap());
+    for addr in [net.mixes[mix].http_addr, net.mailboxes[1].http_addr] {
+        harness::wait_node_epoch(addr, new_epoch, Duration::from_secs(3 * L)).await;
+    }
+    handles.extend(send_texts(&alice, "bob", "after", 4, &mut to_bob).await);
+    handles.extend(send_texts(&bob, "alice", "after", 4, &mut to_alice).await);
+    all_delivered(handles, DELIVERY).await;
+    let t1 = wait_inbox(&bob, &to_bob, DELIVERY).await;
+    let t2 = wait_inbox(&alice, &to_alice, DELIVERY).await;
+    net.assert_others_healthy(&[]).await;
+    let (who, kb) = rss.finish(RSS_BOUND_KB);
+    let retrans = alice.stats().retransmissions + bob.stats().retransmissions;
+    report(
+        "SIGTERM a mix and a mailbox 2.5 s before an epoch boundary, restart 1 s after",
+        &[t1, t2],
+        &format!(
+            "10 s epochs; messages sent before, during and after the outage both ways; \
+             restarted nodes healthy in epoch {new_epoch}; {retrans} retransmissions; \
+             max RSS {} MB ({who})",
+            kb / 1024
+        ),
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reading_next_hop_costs_bounded_drops_only_on_its_link() {
+    // The kernel absorbs the first few megabytes written to a slow peer
+    // (the link's socket send buffer grows up to net.ipv4.tcp_wmem's
+    // maximum, 4 MiB by default, about 1500 packets); past that, the link
+    // queue fills and drops.
+    const SLOW_PACKETS: usize = 3000;
+    const LINK_QUEUE: u64 = 64;
+    const MAX_LINK_QUEUED: u64 = 256;
+    let mut options = NetOptions::default();
+    let names = harness::mix_names(options.width);
+    let proxies = harness::proxy_nodes(&mut options, &names, 0);
+    for n in &names {
+        options.node_edits.insert(
+            n.clone(),
+            vec![
+                ("engine.link_queue", toml::Value::Integer(LINK_QUEUE as i64)),
+                (
+                    "engine.max_link_queued",
+                    toml::Value::Integer(MAX_LINK_QUEUED as i64),
+                ),
+                ("engine.write_timeout_ms", toml::Value::Integer(3000)),
+            ],
+        );
+    }
+    let mut net = Net::start(options).await;
+    harness::connect_proxies(&net, &proxies);
+    let token = CancellationToken::new();
+    let consensus = follower(&net, &token).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = pair(dir.path(), &net, &consensus).await;
+    let rss = RssSampler::start(net.pids());
+
+    // U (layer 0) feeds V (layer 1, read through a proxy at 8 kB/s) and
+    // V' (the other layer-1 mix, at full speed).
+    let c = net.consensus().await;
+    let (u, v, v2, w) = (
+        c.layers()[0][0].id,
+        c.layers()[1][0].id,
+        c.layers()[1][1].id,
+        c.layers()[2][0].id,
+    );
+    let (ui, vi, v2i) = (net.mix_by_id(&u), net.mix_by_id(&v), net.mix_by_id(&v2));
+    proxies[&net.mixes[vi].daemon.name].throttle(8 * 1024);
+    let mailbox = net.mailboxes[0].id;
+    let (slow, fast) = {
+        let c = c.clone();
+        tokio::task::spawn_blocking(move || {
+            (
+                harness::drop_cover_frames(&c, [u, v, w], mailbox, SLOW_PACKETS),
+                harness::drop_cover_frames(&c, [u, v2, w], mailbox, SLOW_PACKETS / 6),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let stop = CancellationToken::new();
+    let gauges = harness::sample_gauges(
+        net.mixes[ui].http_addr,
+        &[
+            "murmur_mixnode_link_queue_depth",
+            "murmur_mixnode_unwrap_queue_depth",
+        ],
+        stop.clone(),
+    );
+    let v2_before = Metrics::scrape(net.mixes[v2i].http_addr)
+        .await
+        .sum("murmur_mixnode_packets_received_total");
+    // The two streams interleaved, at about 1200 packets/s (what one
+    // unwrap worker keeps up with), with real traffic at the same time.
+    let u_addr = net.mixes[ui].listen_addr;
+    let mixed: Vec<Vec<u8>> = slow
+        .chunks(6)
+        .zip(fast.iter())
+        .flat_map(|(s, f)| s.iter().chain([f]).cloned())
+        .collect();
+    assert_eq!(mixed.len(), slow.len() + fast.len());
+    let load = tokio::spawn(harness::send_frames_paced(u_addr, mixed, 1200));
+    let mut to_bob = Sent::new();
+    let mut handles = send_texts(&alice, "bob", "during", 6, &mut to_bob).await;
+    load.await.unwrap();
+    all_delivered(std::mem::take(&mut handles), DELIVERY).await;
+    // Every packet for V' got through, while V's link dropped.
+    let arrived = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let got = Metrics::scrape(net.mixes[v2i].http_addr)
+                .await
+                .sum("murmur_mixnode_packets_received_total");
+            if got - v2_before >= fast.len() as f64 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if arrived.is_err() {
+        let m = Metrics::scrape(net.mixes[ui].http_addr).await;
+        let drops: Vec<&str> = m.0.lines().filter(|l| l.contains("dropped")).collect();
+        panic!("the packets for the other next hop did not all arrive; upstream: {drops:#?}");
+    }
+    let m = Metrics::scrape(net.mixes[ui].http_addr).await;
+    let overload = m.labelled(
+        "murmur_mixnode_packets_dropped_total",
+        "reason",
+        "overload_link",
+    );
+    let failed = m.labelled(
+        "murmur_mixnode_packets_dropped_total",
+        "reason",
+        "link_failed",
+    );
+    assert!(
+        overload + failed > 0.0,
+        "the slow link dropped nothing: {:#?}",
+        m.0.lines()
+            .filter(|l| l.contains("dropped") || l.contains("depth") || l.contains("forwarded"))
+            .collect::<Vec<_>>()
+    );
+    let t = wait_inbox(&bob, &to_bob, DELIVERY).await;
+    stop.cancel();
+    let max = gauges.await.unwrap();
+    let link_depth = max["murmur_mixnode_link_queue_depth"];
+    assert!(
+        link_depth <= MAX_LINK_QUEUED as f64,
+        "link queues held {link_depth} packets, over the cap of {MAX_LINK_QUEUED}"
+    );
+    assert!(max["murmur_mixnode_unwrap_queue_depth"] <= 2048.0);
+    net.assert_others_healthy(&[]).await;
+    let (who, kb) = rss.finish(RSS_BOUND_KB);
+    report(
+        &format!(
+            "a next hop that reads at 8 kB/s ({SLOW_PACKETS} packets for it, {} for its \
+             neighbour)",
+            fast.len()
+        ),
+        &[t],
+        &format!(
+            "upstream mix dropped {overload} (overload_link) + {failed} (link_failed); all {} \
+             for the other next hop arrived; link queues at most {link_depth} of \
+             {MAX_LINK_QUEUED}; max RSS {} MB ({who})",
+            fast.len(),
+            kb / 1024
+        ),
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_replays_at_a_mix_and_a_mailbox_change_nothing() {
+    let mut options = NetOptions::default();
+    let mut names = harness::mix_names(options.width);
+    names.push("mailbox-1".into());
+    let proxies = harness::proxy_nodes(&mut options, &names, 1 << 20);
+    let mut net = Net::start(options).await;
+    harness::connect_proxies(&net, &proxies);
+    for p in proxies.values() {
+        p.record();
+    }
+    let token = CancellationToken::new();
+    let consensus = follower(&net, &token).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = pair(dir.path(), &net, &consensus).await;
+    let rss = RssSampler::start(net.pids());
+
+    let mut to_bob = Sent::new();
+    let hs = send_texts(&alice, "bob", "first", 6, &mut to_bob).await;
+    all_delivered(hs, DELIVERY).await;
+    let first = wait_inbox(&bob, &to_bob, DELIVERY).await;
+    assert_eq!(first.delivered, 6);
+
+    // Captured packets: those that entered a layer-0 mix, and those that
+    // entered Bob's mailbox.
+    let c = net.consensus().await;
+    let mix = net.mix_by_id(&c.layers()[0][0].id);
+    let mix_name = net.mixes[mix].daemon.name.clone();
+    let mix_frames: Vec<Vec<u8>> = net
+        .mixes
+        .iter()
+        .filter(|m| c.layers()[0].iter().any(|n| n.id == m.id))
+        .flat_map(|m| proxies[&m.daemon.name].recorded_frames())
+        .collect();
+    let own = proxies[&mix_name].recorded_frames().len() as f64;
+    let box_frames = proxies["mailbox-1"].recorded_frames();
+    assert!(!mix_frames.is_empty() && !box_frames.is_empty());
+    let mix_addr = net.mixes[mix].listen_addr;
+    let box_addr = net.mailboxes[1].listen_addr;
+    let mix_before = Metrics::scrape(net.mixes[mix].http_addr).await;
+    let box_before = Metrics::scrape(net.mailboxes[1].http_addr).await;
+
+    // Flood: garbage connections to both, replays to both, and real
+    // messages at the same time.
+    let flood = tokio::spawn(async move {
+        let mut closed = 0;
+        for i in 0..40 {
+            let addr = if i % 2 == 0 { mix_addr } else { box_addr };
+            if harness::garbage_is_refused(addr, 8192, Duration::from_secs(10)).await {
+                closed += 1;
+            }
+        }
+        closed
+    });
+    // Every captured packet that entered layer 0, replayed into one layer-0
+    // mix: those for it are replays, the others fail its MAC check.
+    harness::send_frames(mix_addr, &mix_frames).await;
+    harness::send_frames(box_addr, &box_frames).await;
+    let hs = send_texts(&alice, "bob", "during", 6, &mut to_bob).await;
+    let closed = flood.await.unwrap();
+    assert_eq!(closed, 40, "a garbage connection was left open");
+    all_delivered(hs, DELIVERY).await;
+    let t = wait_inbox(&bob, &to_bob, DELIVERY).await;
+    // Give replays time to be processed before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mix_after = Metrics::scrape(net.mixes[mix].http_addr).await;
+    let box_after = Metrics::scrape(net.mailboxes[1].http_addr).await;
+    let delta = |a: &Metrics, b: &Metrics, s: &str| a.sum(s) - b.sum(s);
+    let mix_replays = delta(
+        &mix_after,
+        &mix_before,
+        "murmur_mixnode_packets_dropped_total{reason=\"replay\"}",
+    );
+    let mix_malformed = delta(
+        &mix_after,
+        &mix_before,
+        "murmur_mixnode_packets_dropped_total{reason=\"malformed\"}",
+    );
+    let mix_garbage = delta(
+        &mix_after,
+        &mix_before,
+        "murmur_mixnode_inbound_closed_total{reason=\"garbage\"}",
+    );
+    let box_replays = delta(
+        &box_after,
+        &box_before,
+        "murmur_mailbox_packets_dropped_total{reason=\"replay\"}",
+    );
+    let box_garbage = delta(
+        &box_after,
+        &box_before,
+        "murmur_mailbox_inbound_closed_total{reason=\"garbage\"}",
+    );
+    // Its own captured packets are replays; the other layer-0 mix's fail
+    // its MAC check.
+    assert!(own > 0.0);
+    assert_eq!(
+        mix_replays, own,
+        "every replay at the mix is dropped and counted"
+    );
+    assert_eq!(mix_malformed, mix_frames.len() as f64 - own);
+    assert_eq!(box_replays, box_frames.len() as f64);
+    assert_eq!(mix_garbage, 20.0);
+    assert_eq!(box_garbage, 20.0);
+    net.assert_others_healthy(&[]).await;
+    let (who, kb) = rss.finish(RSS_BOUND_KB);
+    report(
+        "40 garbage connections and every captured packet replayed, at a mix and a mailbox",
+        &[t],
+        &format!(
+            "mix: {mix_replays} replays + {mix_malformed} not for it dropped, {mix_garbage} \
+             garbage connections closed; mailbox: {box_replays} replays dropped, {box_garbage} \
+             garbage connections closed; max RSS {} MB ({who})",
+            kb / 1024
+        ),
+    );
+    alice.shutdown().await;
     bob.shutdown().await;
     token.cancel();
 }

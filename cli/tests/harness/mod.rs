@@ -1127,6 +1127,23 @@ pub async fn send_frames(addr: SocketAddr, frames: &[Vec<u8>]) {
     s.shutdown().await.unwrap();
 }
 
+/// Writes `frames` to `addr` over one connection at about `per_sec`
+/// frames a second, then closes it.
+pub async fn send_frames_paced(addr: SocketAddr, frames: Vec<Vec<u8>>, per_sec: usize) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let per_tick = (per_sec / 50).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for chunk in frames.chunks(per_tick) {
+        tick.tick().await;
+        for f in chunk {
+            s.write_all(f).await.unwrap();
+        }
+    }
+    s.flush().await.unwrap();
+    s.shutdown().await.unwrap();
+}
+
 /// Sends `bytes` of garbage on a fresh connection to `addr`; true if the
 /// node closed the connection within `limit`.
 pub async fn garbage_is_refused(addr: SocketAddr, bytes: usize, limit: Duration) -> bool {
