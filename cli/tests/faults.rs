@@ -93,6 +93,7 @@ async fn a_mix_killed_mid_transfer_loses_nothing() {
     net.assert_others_healthy(&[&victim_name]).await;
     let (who, kb) = rss.finish(RSS_BOUND_KB);
     let retrans = alice.stats().retransmissions + bob.stats().retransmissions;
+    harness::assert_logs_clean(&net, &[&alice, &bob], &[&to_bob, &to_alice]);
     report(
         "kill -9 a layer-2 mix mid-transfer",
         &[t_bob, t_alice],
@@ -172,6 +173,7 @@ async fn a_mailbox_killed_mid_transfer_keeps_what_it_acknowledged() {
     let duplicates = m.labelled("murmur_mailbox_deposits_total", "outcome", "duplicate");
     net.assert_others_healthy(&[]).await;
     let (who, kb) = rss.finish(RSS_BOUND_KB);
+    harness::assert_logs_clean(&net, &[&alice, &bob], &[&acked_before, &in_flight]);
     report(
         "kill -9 the recipient's mailbox mid-transfer, restart after 2 s",
         &[t_before, t_during],
@@ -253,6 +255,7 @@ async fn an_authority_killed_the_others_keep_publishing() {
     let t2 = wait_inbox(&alice, &back, DELIVERY).await;
     net.assert_others_healthy(&[]).await;
     let (who, kb) = rss.finish(RSS_BOUND_KB);
+    harness::assert_logs_clean(&net, &[&alice, &bob], &[&sent, &back]);
     report(
         "kill -9 one of 3 authorities (threshold 2), 10 s epochs",
         &[t1, t2],
@@ -429,6 +432,7 @@ async fn a_client_killed_mid_send_delivers_once_when_run_again() {
     let duplicates = m.labelled("murmur_mailbox_deposits_total", "outcome", "duplicate");
     net.assert_others_healthy(&[]).await;
     let (who, kb) = rss.finish(RSS_BOUND_KB);
+    harness::assert_logs_clean(&net, &[&bob], &[&sent]);
     report(
         "kill -9 `murmur send --file` mid-send, run the client again",
         &[t],
@@ -488,21 +492,25 @@ async fn links_cut_and_restored_lose_nothing() {
     let forwarded_after: u64 = middle.iter().map(|p| p.forwarded()).sum();
     assert!(forwarded_after > forwarded_at_restore);
     assert!(refused > 0, "the cut refused nothing");
-    let mut m_drops = 0.0;
+    let mut lost_in_links = 0.0;
     for n in &net.mixes {
-        m_drops += Metrics::scrape(n.http_addr)
-            .await
-            .sum("murmur_mixnode_link_connect_failures_total");
+        lost_in_links += Metrics::scrape(n.http_addr).await.labelled(
+            "murmur_mixnode_packets_dropped_total",
+            "reason",
+            "link_failed",
+        );
     }
     net.assert_others_healthy(&[]).await;
     let (who, kb) = rss.finish(RSS_BOUND_KB);
     let retrans = alice.stats().retransmissions + bob.stats().retransmissions;
+    harness::assert_logs_clean(&net, &[&alice, &bob], &[&to_bob, &to_alice]);
     report(
         "cut every link into the middle layer for 3 s, then restore",
         &[t1, t2],
         &format!(
-            "{refused} connections dropped or refused during the cut, {m_drops} failed \
-             reconnections upstream; {retrans} retransmissions; max RSS {} MB ({who})",
+            "{refused} connections dropped or refused during the cut, {lost_in_links} packets \
+             lost in broken links upstream (link_failed); {retrans} retransmissions; max RSS {} \
+             MB ({who})",
             kb / 1024
         ),
     );
@@ -564,6 +572,7 @@ async fn nodes_restarted_across_an_epoch_boundary_lose_nothing() {
     net.assert_others_healthy(&[]).await;
     let (who, kb) = rss.finish(RSS_BOUND_KB);
     let retrans = alice.stats().retransmissions + bob.stats().retransmissions;
+    harness::assert_logs_clean(&net, &[&alice, &bob], &[&to_bob, &to_alice]);
     report(
         "SIGTERM a mix and a mailbox 2.5 s before an epoch boundary, restart 1 s after",
         &[t1, t2],
@@ -708,6 +717,7 @@ async fn a_slow_reading_next_hop_costs_bounded_drops_only_on_its_link() {
     assert!(max["murmur_mixnode_unwrap_queue_depth"] <= 2048.0);
     net.assert_others_healthy(&[]).await;
     let (who, kb) = rss.finish(RSS_BOUND_KB);
+    harness::assert_logs_clean(&net, &[&alice, &bob], &[&to_bob]);
     report(
         &format!(
             "a next hop that reads at 8 kB/s ({SLOW_PACKETS} packets for it, {} for its \
@@ -834,6 +844,7 @@ async fn garbage_and_replays_at_a_mix_and_a_mailbox_change_nothing() {
     assert_eq!(box_garbage, 20.0);
     net.assert_others_healthy(&[]).await;
     let (who, kb) = rss.finish(RSS_BOUND_KB);
+    harness::assert_logs_clean(&net, &[&alice, &bob], &[&to_bob]);
     report(
         "40 garbage connections and every captured packet replayed, at a mix and a mailbox",
         &[t],
