@@ -307,3 +307,91 @@ async fn clients_and_nodes_refuse_documents_without_a_threshold_of_their_pins() 
     token.cancel();
     devnet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_of_a_clients_link_sees_the_same_rate_whether_it_sends_or_not() {
+    // λ = 20 packets/s of send stream, λ_L = 2 of loops: an observer of
+    // Alice's link counts packets; real ones replace drop cover.
+    const RATE: f64 = 22.0;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let devnet = Devnet::start(DevnetOptions {
+        client_rate: 20.0,
+        client_loop_rate: 2.0,
+        ..options(dir.path())
+    })
+    .await
+    .unwrap();
+    devnet.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let token = CancellationToken::new();
+    let consensus = follow(devnet.network(), Duration::from_secs(30), token.clone())
+        .await
+        .unwrap();
+    let alice = Client::create(
+        &dir.path().join("alice"),
+        "alice",
+        consensus.clone(),
+        None,
+        client_options(),
+    )
+    .await
+    .unwrap();
+    let bob = Client::create(
+        &dir.path().join("bob"),
+        "bob",
+        consensus.clone(),
+        None,
+        client_options(),
+    )
+    .await
+    .unwrap();
+    bob.accept(&alice.invite(None).await.unwrap(), None)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !alice.contacts().unwrap().iter().any(|c| c.established) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    // Every packet Alice puts on her links, whatever it is.
+    let packets = |c: &Client| {
+        let s = c.stats();
+        s.real_sent + s.retransmissions + s.drop_cover_sent + s.loop_cover_sent
+    };
+
+    let (p0, r0) = (packets(&alice), alice.stats().real_sent);
+    tokio::time::sleep(WINDOW).await;
+    let (p1, r1) = (packets(&alice), alice.stats().real_sent);
+    // A file of about 100 packets: more than the window can carry.
+    let file = dir.path().join("f.bin");
+    std::fs::write(&file, vec![0x42u8; 200_000]).unwrap();
+    let h = alice.send_file("bob", &file).await.unwrap();
+    assert!(h.progress().total >= 100);
+    tokio::time::sleep(WINDOW).await;
+    let (p2, r2) = (packets(&alice), alice.stats().real_sent);
+
+    let (idle, busy) = ((p1 - p0) as f64, (p2 - p1) as f64);
+    let expected = RATE * WINDOW.as_secs_f64();
+    // Poisson counts: four standard deviations either way. Without cover
+    // the busy window would carry about 60 packets more than the idle one.
+    let tolerance = 4.0 * expected.sqrt();
+    assert_eq!(r1 - r0, 0, "real packets while idle");
+    assert!(r2 - r1 >= 30, "the file did not go out on the send stream");
+    for (what, n) in [("idle", idle), ("sending", busy)] {
+        assert!(
+            (n - expected).abs() <= tolerance,
+            "{what}: {n} packets in {WINDOW:?}, expected {expected} ± {tolerance:.0}"
+        );
+    }
+    println!(
+        "packets on Alice's link in {WINDOW:?}: idle {idle}, while sending a file {busy} \
+         ({} of them real); expected {expected}",
+        r2 - r1
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    token.cancel();
+    devnet.shutdown().await;
+}

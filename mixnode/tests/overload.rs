@@ -33,7 +33,7 @@ fn load_secs() -> f64 {
     std::env::var("MURMUR_OVERLOAD_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0)
+        .unwrap_or(0.8)
 }
 const UNWRAP_QUEUE: usize = 256;
 const DWELL_MS: u64 = 100;
@@ -98,7 +98,7 @@ async fn offer(addr: std::net::SocketAddr, frames: &[Packet], per_sec: f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twice_the_capacity_is_dropped_and_counted_and_the_node_recovers() {
+async fn twice_its_capacity_is_dropped_and_counted_and_the_node_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let node_key = SphinxSecretKey::random(&mut rng);
@@ -159,18 +159,31 @@ async fn twice_the_capacity_is_dropped_and_counted_and_the_node_recovers() {
     let calibration = tokio::task::spawn_blocking(move || frames(&hops, 400, 1))
         .await
         .unwrap();
-    let capacity = {
+    let ring = {
         let mut ring = murmur_wire::KeyRing::new();
         ring.insert(EPOCH, node.key.clone());
-        let t = Instant::now();
-        for p in &calibration {
-            ring.process(p).unwrap();
-        }
-        calibration.len() as f64 / t.elapsed().as_secs_f64()
+        ring
     };
+    let (capacity, calibration) = tokio::task::spawn_blocking(move || {
+        // The best of three passes (the first warms up).
+        let best = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                for p in &calibration {
+                    ring.process(p).unwrap();
+                }
+                calibration.len() as f64 / t.elapsed().as_secs_f64()
+            })
+            .fold(0.0, f64::max);
+        (best, calibration)
+    })
+    .await
+    .unwrap();
 
-    // Twice that for a while (built before the baseline).
-    let offered_rate = 2.0 * capacity;
+    // Two and a half times that for a while (built before the baseline):
+    // the estimate is rough on a shared machine, so the rate the node
+    // really forwarded is measured too, and the overload checked against it.
+    let offered_rate = 2.5 * capacity;
     let n = (offered_rate * load_secs()) as usize;
     let load = tokio::task::spawn_blocking(move || frames(&hops, n, 2))
         .await
@@ -180,6 +193,7 @@ async fn twice_the_capacity_is_dropped_and_counted_and_the_node_recovers() {
     let arrived_before = arrived.load(Ordering::Relaxed);
     let rss_base = rss_kb();
     let (mut max_unwrap, mut max_link, mut max_delay, mut rss_max) = (0i64, 0i64, 0i64, 0u64);
+    let load_started = Instant::now();
     let offering = tokio::spawn(async move { offer(addr, &load, offered_rate).await });
     while !offering.is_finished() {
         let s = node.engine.stats();
@@ -198,6 +212,7 @@ async fn twice_the_capacity_is_dropped_and_counted_and_the_node_recovers() {
         })
         .await
     );
+    let load_time = load_started.elapsed().as_secs_f64();
     let after = node.engine.stats();
     let received = after.received - before.received;
     let forwarded = after.forwarded - before.forwarded;
@@ -214,7 +229,15 @@ async fn twice_the_capacity_is_dropped_and_counted_and_the_node_recovers() {
         received,
         "every packet is forwarded or counted as dropped"
     );
-    assert!(dropped > 0, "twice the capacity dropped nothing");
+    assert!(dropped > 0, "the overload dropped nothing");
+    // What the node forwarded per second while it was loaded is its
+    // capacity: the offer was at least about twice that.
+    let forwarded_rate = forwarded as f64 / load_time;
+    let overload = offered_rate / forwarded_rate;
+    assert!(
+        overload >= 1.5,
+        "offered only {overload:.2} times what the node forwarded"
+    );
     assert!(
         by_reason
             .iter()
@@ -253,14 +276,12 @@ async fn twice_the_capacity_is_dropped_and_counted_and_the_node_recovers() {
     );
 
     println!(
-        "| overload: twice a mix's capacity ({:.0} packets/s offered for {} s to one \
-         unwrap worker of {:.0} packets/s), then half of it | {} | {} | {} | 0 | drops by reason {by_reason:?}; queues at \
-         most unwrap {max_unwrap}/{UNWRAP_QUEUE}, link {max_link}/{LINK_QUEUE}, delay \
-         {max_delay}; RSS growth {} kB (bound {} kB); afterwards {} of {} forwarded, none \
-         dropped |",
-        offered_rate,
+        "| overload: {overload:.1} × what one unwrap worker forwarded ({offered_rate:.0} \
+         packets/s offered for {} s; {forwarded_rate:.0} forwarded/s), then half of it | {} | {} \
+         | {} | 0 | drops by reason {by_reason:?}; queues at most unwrap \
+         {max_unwrap}/{UNWRAP_QUEUE}, link {max_link}/{LINK_QUEUE}, delay {max_delay}; RSS growth \
+         {} kB (bound {} kB); afterwards {} of {} forwarded, none dropped |",
         load_secs(),
-        capacity,
         received,
         forwarded,
         dropped,
