@@ -142,7 +142,7 @@ async fn a_mailbox_killed_mid_transfer_keeps_what_it_acknowledged() {
     );
     let mut handles = vec![h];
     handles.extend(send_texts(&alice, "bob", "during", 6, &mut in_flight).await);
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let victim = net.mailboxes.len() - 1;
     net.mailboxes[victim].daemon.kill9();
     let unacked_at_kill = handles
@@ -545,14 +545,20 @@ async fn nodes_restarted_across_an_epoch_boundary_lose_nothing() {
     let mut to_bob = Sent::new();
     let mut to_alice = Sent::new();
     let mut handles = Vec::new();
-    tokio::time::sleep(Duration::from_millis(boundary - 2500 - harness::now_ms())).await;
+    tokio::time::sleep(Duration::from_millis(
+        (boundary - 2500).saturating_sub(harness::now_ms()),
+    ))
+    .await;
     handles.extend(send_texts(&alice, "bob", "before", 4, &mut to_bob).await);
     handles.extend(send_texts(&bob, "alice", "before", 4, &mut to_alice).await);
     net.mixes[mix].daemon.terminate();
     net.mailboxes[1].daemon.terminate();
     handles.extend(send_texts(&alice, "bob", "while stopped", 4, &mut to_bob).await);
     handles.extend(send_texts(&bob, "alice", "while stopped", 4, &mut to_alice).await);
-    tokio::time::sleep(Duration::from_millis(boundary + 1000 - harness::now_ms())).await;
+    tokio::time::sleep(Duration::from_millis(
+        (boundary + 1000).saturating_sub(harness::now_ms()),
+    ))
+    .await;
     let new_epoch = boundary / l_ms;
     net.mixes[mix].daemon.start();
     net.mailboxes[1].daemon.start();
@@ -590,11 +596,16 @@ async fn nodes_restarted_across_an_epoch_boundary_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reading_next_hop_costs_bounded_drops_only_on_its_link() {
-    // The kernel absorbs the first few megabytes written to a slow peer
-    // (the link's socket send buffer grows up to net.ipv4.tcp_wmem's
-    // maximum, 4 MiB by default, about 1500 packets); past that, the link
-    // queue fills and drops.
-    const SLOW_PACKETS: usize = 3000;
+    // The kernel absorbs the first megabytes written to a slow peer (the
+    // link's socket send buffer grows up to net.ipv4.tcp_wmem's maximum,
+    // 4 MiB by default, about 1500 packets); past that, the link queue
+    // fills and drops. Offer twice what the kernel can hold.
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|t| t.split_whitespace().last()?.parse().ok())
+        .unwrap_or(4 << 20);
+    // A multiple of 6: six for the slow link, then one for the other.
+    let slow_packets = (2 * wmem_max / murmur_wire::frame::FRAME_SIZE).clamp(1200, 12_000) / 6 * 6;
     const LINK_QUEUE: u64 = 64;
     const MAX_LINK_QUEUED: u64 = 256;
     let mut options = NetOptions::default();
@@ -637,8 +648,8 @@ async fn a_slow_reading_next_hop_costs_bounded_drops_only_on_its_link() {
         let c = c.clone();
         tokio::task::spawn_blocking(move || {
             (
-                harness::drop_cover_frames(&c, [u, v, w], mailbox, SLOW_PACKETS),
-                harness::drop_cover_frames(&c, [u, v2, w], mailbox, SLOW_PACKETS / 6),
+                harness::drop_cover_frames(&c, [u, v, w], mailbox, slow_packets),
+                harness::drop_cover_frames(&c, [u, v2, w], mailbox, slow_packets / 6),
             )
         })
         .await
@@ -720,8 +731,8 @@ async fn a_slow_reading_next_hop_costs_bounded_drops_only_on_its_link() {
     harness::assert_logs_clean(&net, &[&alice, &bob], &[&to_bob]);
     report(
         &format!(
-            "a next hop that reads at 8 kB/s ({SLOW_PACKETS} packets for it, {} for its \
-             neighbour)",
+            "a next hop that reads at 8 kB/s ({} packets for it, {} for its neighbour)",
+            slow.len(),
             fast.len()
         ),
         &[t],
