@@ -95,7 +95,7 @@ async fn a_mix_killed_mid_transfer_loses_nothing() {
     let retrans = alice.stats().retransmissions + bob.stats().retransmissions;
     harness::assert_logs_clean(&net, &[&alice, &bob], &[&to_bob, &to_alice]);
     report(
-        "kill -9 a layer-2 mix mid-transfer",
+        "kill -9 a middle-layer mix mid-transfer",
         &[t_bob, t_alice],
         &format!(
             "60 kB file ({total} packets, {acked_at_kill} acknowledged at the kill) + 19 texts; \
