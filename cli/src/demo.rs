@@ -31,6 +31,9 @@ pub struct DemoOptions {
     pub timeout: Duration,
     /// How often the clients poll their mailboxes.
     pub fetch_interval: Duration,
+    /// Pause between sending one text each way and the next (zero: send
+    /// them all at once).
+    pub message_interval: Duration,
     /// The network.
     pub net: DevnetOptions,
 }
@@ -87,6 +90,7 @@ struct Config {
     client_loop_rate: f64,
     mix_loop_rate: f64,
     fetch_interval_ms: u64,
+    message_interval_ms: u64,
     messages_each_way: usize,
     file_bytes: usize,
     kill_mix: bool,
@@ -239,8 +243,11 @@ async fn exchange(
         "contacts established; safety numbers match ({sn_a})"
     ));
 
-    let mut in_alice = alice.incoming();
-    let mut in_bob = bob.incoming();
+    // Everything either client receives, as one stream.
+    let mut incoming = Box::pin(futures::stream::select(
+        alice.incoming().into_stream(),
+        bob.incoming().into_stream(),
+    ));
     let mut rng = rand::rng();
     let mut expected: HashMap<MessageId, Expected> = HashMap::new();
     let mut handles: Vec<SendHandle> = Vec::new();
@@ -260,6 +267,9 @@ async fn exchange(
                 },
             );
             handles.push(h);
+        }
+        if !options.message_interval.is_zero() {
+            tokio::time::sleep(options.message_interval).await;
         }
     }
     if options.file_size > 0 {
@@ -311,8 +321,7 @@ async fn exchange(
     let deadline = tokio::time::Instant::now() + options.timeout;
     while received.len() < sent {
         let next = tokio::select! {
-            m = in_alice.next() => m,
-            m = in_bob.next() => m,
+            m = futures::StreamExt::next(&mut incoming) => m,
             _ = tokio::time::sleep_until(deadline) => None,
         };
         let Some(m) = next else { break };
@@ -424,6 +433,8 @@ fn finish(options: &DemoOptions, p: Parts, killed: Option<String>, elapsed: Dura
             client_loop_rate: options.net.client_loop_rate,
             mix_loop_rate: options.net.mix_loop_rate,
             fetch_interval_ms: u64::try_from(options.fetch_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            message_interval_ms: u64::try_from(options.message_interval.as_millis())
                 .unwrap_or(u64::MAX),
             messages_each_way: options.messages,
             file_bytes: options.file_size,

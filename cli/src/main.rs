@@ -120,6 +120,9 @@ enum Command {
         /// How often the clients poll their mailboxes, ms.
         #[arg(long, default_value_t = 50)]
         fetch_interval_ms: u64,
+        /// Pause between one text each way and the next, ms (0: all at once).
+        #[arg(long, default_value_t = 0)]
+        message_interval_ms: u64,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -212,6 +215,7 @@ fn main() -> ExitCode {
                 json,
                 timeout,
                 fetch_interval_ms,
+                message_interval_ms,
                 net,
             } => {
                 demo::run(demo::DemoOptions {
@@ -221,6 +225,7 @@ fn main() -> ExitCode {
                     json,
                     timeout: std::time::Duration::from_secs(timeout),
                     fetch_interval: std::time::Duration::from_millis(fetch_interval_ms.max(1)),
+                    message_interval: std::time::Duration::from_millis(message_interval_ms),
                     net: net.options(std::path::PathBuf::new()),
                 })
                 .await

@@ -153,6 +153,13 @@ impl Incoming {
             }
         }
     }
+
+    /// The same messages as a [`futures::Stream`].
+    pub fn into_stream(self) -> impl futures::Stream<Item = ReceivedMessage> + Send {
+        futures::stream::unfold(self, |mut incoming| async move {
+            incoming.next().await.map(|m| (m, incoming))
+        })
+    }
 }
 
 /// Counters a client keeps (since it started).
@@ -196,6 +203,8 @@ pub(crate) struct PendingSurb {
     pub(crate) deposit_id: MessageId,
     pub(crate) recovery: SurbRecovery,
     pub(crate) route: Vec<NodeId>,
+    /// When this try was handed to the link.
+    pub(crate) sent_at: tokio::time::Instant,
 }
 
 /// Tracking of one unacknowledged fragment.
@@ -206,6 +215,8 @@ pub(crate) struct FragTrack {
     pub(crate) deadline: Option<tokio::time::Instant>,
     pub(crate) surbs: Vec<SurbId>,
     pub(crate) last_route: Vec<NodeId>,
+    /// When the current try was handed to the link.
+    pub(crate) sent_at: Option<tokio::time::Instant>,
 }
 
 /// What the send loop and the receive side share.
@@ -214,8 +225,11 @@ pub(crate) struct SendState {
     pub(crate) ready: VecDeque<(MessageId, u32)>,
     pub(crate) frags: HashMap<(MessageId, u32), FragTrack>,
     pub(crate) surbs: HashMap<SurbId, PendingSurb>,
-    /// Consecutive timeouts per mix since its last success.
+    /// Timeouts blamed on each mix since its last success.
     pub(crate) suspicion: HashMap<NodeId, u32>,
+    /// Per mix, the send time of the latest acknowledged try through it: a
+    /// try that times out does not blame a mix that carried a later one.
+    pub(crate) proven: HashMap<NodeId, tokio::time::Instant>,
     /// Destination of each message being sent.
     pub(crate) dests: HashMap<MessageId, (NodeId, QueueId)>,
     /// Loop-cover ids sent and not returned yet (bounded).
@@ -806,7 +820,10 @@ impl Client {
     /// Mixes this client currently avoids because packets through them
     /// were not acknowledged.
     pub fn suspected_nodes(&self) -> HashSet<NodeId> {
-        send::suspects(&self.inner.lock_state())
+        match self.inner.consensus.current() {
+            Some(c) => send::suspects(&self.inner.lock_state(), &c),
+            None => HashSet::new(),
+        }
     }
 
     /// The queue id a contact deposits into (for tests and diagnostics).

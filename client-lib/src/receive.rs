@@ -150,16 +150,17 @@ fn handle_ack(inner: &Inner, surb_id: &murmur_wire::SurbId, sealed: &[u8]) {
                 p.deposit_id,
                 p.recovery.clone(),
                 p.route.clone(),
+                p.sent_at,
             )
         })
     };
-    let Some((key, deposit_id, recovery, route)) = pending else {
+    let Some((key, deposit_id, recovery, route, sent_at)) = pending else {
         // An acknowledgement for a try this client no longer tracks (after a
         // restart, or a fragment acknowledged already): nothing to do.
         return;
     };
     match recovery.open(sealed).and_then(|p| Ack::parse(&p)) {
-        Ok(ack) if ack.id == deposit_id => on_acked(inner, key, &route),
+        Ok(ack) if ack.id == deposit_id => on_acked(inner, key, &route, sent_at),
         _ => {
             inner.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
         }

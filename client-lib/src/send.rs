@@ -30,14 +30,40 @@ const SUSPECT_AFTER: u32 = 2;
 /// Loop ids remembered (older loops count as lost).
 const MAX_OUTSTANDING_LOOPS: usize = 4096;
 
-/// The nodes a client currently avoids.
-pub(crate) fn suspects(state: &SendState) -> HashSet<NodeId> {
-    state
-        .suspicion
-        .iter()
-        .filter(|(_, n)| **n >= SUSPECT_AFTER)
-        .map(|(id, _)| *id)
-        .collect()
+/// The mixes a client currently avoids: those blamed for at least
+/// [`SUSPECT_AFTER`] timeouts since they last carried a packet. A layer is
+/// never avoided whole: if every mix of a layer is suspect, only those
+/// blamed more than the least-blamed of the layer are avoided.
+pub(crate) fn suspects(state: &SendState, consensus: &VerifiedConsensus) -> HashSet<NodeId> {
+    let blame = |id: &NodeId| state.suspicion.get(id).copied().unwrap_or(0);
+    let mut avoid = HashSet::new();
+    for layer in consensus.layers() {
+        let least = layer.iter().map(|n| blame(&n.id)).min().unwrap_or(0);
+        let bar = if least >= SUSPECT_AFTER {
+            least + 1
+        } else {
+            SUSPECT_AFTER
+        };
+        avoid.extend(layer.iter().filter(|n| blame(&n.id) >= bar).map(|n| n.id));
+    }
+    avoid
+}
+
+/// Blames the mixes of a try, sent at `sent_at`, that timed out: each mix
+/// that has not carried a try sent at or after it.
+fn blame(state: &mut SendState, route: &[NodeId], sent_at: Instant) {
+    for node in route {
+        if state.proven.get(node).is_none_or(|p| *p < sent_at) {
+            *state.suspicion.entry(*node).or_default() += 1;
+        }
+    }
+}
+
+/// The timeout of the `tries`-th try: doubled after each timeout of the same
+/// packet up to four times the base, so that a slow network is not
+/// flooded with retransmissions and a message survives a longer outage.
+fn backoff(base: Duration, tries: u32) -> Duration {
+    base * (1u32 << tries.saturating_sub(1).min(2))
 }
 
 /// How long to wait for an acknowledgement: the 99.9th percentile of the
@@ -155,8 +181,11 @@ fn pop_ready(inner: &Inner) -> Option<(MessageId, u32)> {
 async fn send_real(inner: &Arc<Inner>, consensus: Arc<VerifiedConsensus>, key: (MessageId, u32)) {
     let timeout = ack_timeout(inner, &consensus);
     let (dest, avoid) = {
-        let st = inner.lock_state();
-        (st.dests.get(&key.0).copied(), suspects(&st))
+        let mut st = inner.lock_state();
+        // Forget mixes that left the network, so these maps stay small.
+        st.suspicion.retain(|id, _| consensus.node(id).is_some());
+        st.proven.retain(|id, _| consensus.node(id).is_some());
+        (st.dests.get(&key.0).copied(), suspects(&st, &consensus))
     };
     let frag = match inner.store.out_fragment(&key.0, key.1) {
         Ok(Some(f)) if !f.acked => f,
@@ -206,7 +235,9 @@ async fn send_real(inner: &Arc<Inner>, consensus: Arc<VerifiedConsensus>, key: (
         };
         first_try = track.tries == 0;
         track.tries += 1;
-        track.deadline = Some(Instant::now() + timeout);
+        let now = Instant::now();
+        track.deadline = Some(now + backoff(timeout, track.tries));
+        track.sent_at = Some(now);
         track.last_route = built.route.clone();
         if let Some((surb_id, recovery, deposit_id)) = built.surb {
             track.surbs.push(surb_id);
@@ -217,6 +248,7 @@ async fn send_real(inner: &Arc<Inner>, consensus: Arc<VerifiedConsensus>, key: (
                     deposit_id,
                     recovery,
                     route: built.route,
+                    sent_at: now,
                 },
             );
         }
@@ -368,8 +400,8 @@ pub(crate) async fn retransmit_loop(inner: Arc<Inner>, shutdown: CancellationTok
                 track.deadline = None;
                 let tries = track.tries;
                 let route = std::mem::take(&mut track.last_route);
-                for node in route {
-                    *st.suspicion.entry(node).or_default() += 1;
+                if let Some(sent_at) = track.sent_at.take() {
+                    blame(&mut st, &route, sent_at);
                 }
                 if tries >= inner.options.max_tries {
                     failed.push(key.0);
@@ -413,7 +445,7 @@ fn fail_message(inner: &Inner, id: &MessageId) {
 }
 
 /// Records an acknowledgement for fragment `key` (already verified).
-pub(crate) fn on_acked(inner: &Inner, key: (MessageId, u32), route: &[NodeId]) {
+pub(crate) fn on_acked(inner: &Inner, key: (MessageId, u32), route: &[NodeId], sent_at: Instant) {
     {
         let mut st = inner.lock_state();
         if let Some(track) = st.frags.remove(&key) {
@@ -423,6 +455,8 @@ pub(crate) fn on_acked(inner: &Inner, key: (MessageId, u32), route: &[NodeId]) {
         }
         for node in route {
             st.suspicion.remove(node);
+            let proven = st.proven.entry(*node).or_insert(sent_at);
+            *proven = (*proven).max(sent_at);
         }
     }
     match inner.store.ack_fragment(&key.0, key.1) {
@@ -441,16 +475,125 @@ pub(crate) fn on_acked(inner: &Inner, key: (MessageId, u32), route: &[NodeId]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use murmur_wire::ed25519_dalek::SigningKey;
+    use murmur_wire::{
+        AuthoritySet, Consensus, IdentityKey, MailboxEntry, MixEntry, NetworkParams,
+        SignedConsensus, SphinxSecretKey,
+    };
+
+    fn key(n: u8) -> IdentityKey {
+        IdentityKey::from(&SigningKey::from_bytes(&[n; 32]).verifying_key())
+    }
+
+    /// A consensus of two mixes per layer and one mailbox; the mixes of
+    /// layer `l` are `layers()[l]`.
+    fn consensus() -> VerifiedConsensus {
+        let l = 3600;
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let sphinx = SphinxSecretKey::from_bytes([7; 32]).public_key();
+        let mut mixes: Vec<MixEntry> = (0..6u8)
+            .map(|i| MixEntry {
+                layer: i % 3,
+                identity: key(i + 1),
+                packet_addr: addr(1000 + u16::from(i)),
+                sphinx_key: sphinx,
+            })
+            .collect();
+        mixes.sort_by_key(|m| (m.layer, m.identity));
+        let doc = Consensus {
+            version: 1,
+            epoch: 10,
+            valid_after: 10 * l,
+            valid_until: 11 * l,
+            params: NetworkParams {
+                epoch_secs: l,
+                mean_delay_us: 1_000,
+                max_delay_us: 1_000_000,
+                client_rate: 0.0,
+                client_loop_rate: 0.0,
+                mix_loop_rate: 0.0,
+                packet_size: murmur_wire::PACKET_SIZE as u32,
+            },
+            mixes,
+            mailboxes: vec![MailboxEntry {
+                identity: key(50),
+                packet_addr: addr(2000),
+                http_addr: addr(2001),
+                sphinx_key: sphinx,
+            }],
+        };
+        let authority = SigningKey::from_bytes(&[200; 32]);
+        let set =
+            AuthoritySet::new(vec![IdentityKey::from(&authority.verifying_key())], 1).unwrap();
+        SignedConsensus::sign(&doc, &authority)
+            .unwrap()
+            .verify(&set, 10 * l + 1, Some(10))
+            .unwrap()
+    }
+
+    fn ids(c: &VerifiedConsensus, layer: usize) -> (NodeId, NodeId) {
+        (c.layers()[layer][0].id, c.layers()[layer][1].id)
+    }
 
     #[test]
     fn suspects_need_repeated_timeouts() {
+        let c = consensus();
+        let (a, b) = ids(&c, 0);
         let mut st = SendState::default();
-        let a = NodeId::from_bytes([1; 32]);
-        let b = NodeId::from_bytes([2; 32]);
         st.suspicion.insert(a, 1);
+        let s = suspects(&st, &c);
+        assert!(s.is_empty());
         st.suspicion.insert(b, SUSPECT_AFTER);
-        let s = suspects(&st);
-        assert!(!s.contains(&a));
-        assert!(s.contains(&b));
+        let s = suspects(&st, &c);
+        assert_eq!(s, HashSet::from([b]));
+    }
+
+    #[test]
+    fn a_layer_is_never_avoided_whole() {
+        let c = consensus();
+        let (a, b) = ids(&c, 1);
+        let mut st = SendState::default();
+        st.suspicion.insert(a, SUSPECT_AFTER + 3);
+        st.suspicion.insert(b, SUSPECT_AFTER);
+        assert_eq!(
+            suspects(&st, &c),
+            HashSet::from([a]),
+            "the least blamed stays"
+        );
+        st.suspicion.insert(b, SUSPECT_AFTER + 3);
+        assert!(
+            suspects(&st, &c).is_empty(),
+            "equal blame: the layer is used whole"
+        );
+    }
+
+    #[test]
+    fn a_timeout_does_not_blame_a_mix_that_carried_a_later_packet() {
+        let c = consensus();
+        let (dead, alive) = ids(&c, 1);
+        let mut st = SendState::default();
+        let t0 = Instant::now();
+        // Two tries sent at t0: one forward through the dead mix with its
+        // acknowledgement through the live one, and the reverse; a try
+        // through the live mix sent later was acknowledged.
+        st.proven.insert(alive, t0 + Duration::from_millis(5));
+        for _ in 0..2 {
+            blame(&mut st, &[dead, alive], t0);
+        }
+        assert_eq!(suspects(&st, &c), HashSet::from([dead]));
+        assert!(!st.suspicion.contains_key(&alive));
+        // Without that proof both are blamed, and neither is avoided alone.
+        let mut st = SendState::default();
+        for _ in 0..2 {
+            blame(&mut st, &[dead, alive], t0);
+        }
+        assert!(suspects(&st, &c).is_empty());
+    }
+
+    #[test]
+    fn timeouts_back_off_to_four_times_the_base() {
+        let base = Duration::from_secs(2);
+        let t: Vec<Duration> = (1..=5).map(|k| backoff(base, k)).collect();
+        assert_eq!(t, [2, 4, 8, 8, 8].map(Duration::from_secs).to_vec(),);
     }
 }
