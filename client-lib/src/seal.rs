@@ -111,7 +111,8 @@ pub fn seal<R: rand::CryptoRng>(
         })
     })?;
     let sk = private_key(sender)?;
-    let pk_s = X25519HkdfSha256::sk_to_pk(&sk);
+    // The identity keeps its public key: no scalar multiplication here.
+    let pk_s = public_key(&sender.public())?;
     let pk_r = public_key(recipient)?;
     let (enc, ciphertext) =
         hpke::single_shot_seal_with_rng::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
