@@ -178,8 +178,11 @@ fn replay_cache(c: &mut Criterion) {
             let mut tag = [0u8; 32];
             tag[..8].copy_from_slice(&n.to_le_bytes());
             tag[8..16].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+            // Criterion runs more iterations than the filter is sized
+            // for, so late ones may be false positives: only errors fail.
             let (seen, err) = cache.check_and_insert(1, black_box(&ReplayTag(tag)));
-            assert!(seen == Seen::New && err.is_none());
+            assert!(err.is_none());
+            black_box(seen);
         })
     });
     let old = ReplayTag([0u8; 32]);
