@@ -23,7 +23,10 @@
 //!   of the work.
 //! * **Delays**: a forward packet is held until its arrival time plus the
 //!   delay in its header (the sender's choice); a delay over the consensus
-//!   `max_delay_us` is dropped. The delay queue is bounded.
+//!   `max_delay_us` is dropped. A tokio `DelayQueue` holds packets until
+//!   shortly before their deadline and a release thread until the deadline
+//!   itself (tokio's timer alone would add up to a millisecond). Both are
+//!   bounded together.
 //! * **Links**: one persistent outbound connection per next hop, created on
 //!   demand, reconnecting with exponential backoff, with a bounded queue,
 //!   closed when idle. A next hop must be listed in the current or the
@@ -36,7 +39,7 @@ mod delay;
 mod inbound;
 mod links;
 mod metrics;
-pub(crate) mod replay;
+mod replay;
 mod topology;
 mod worker;
 
@@ -56,7 +59,7 @@ use crate::error::{Error, Result};
 use crate::keys::KeyRingHandle;
 
 pub use metrics::{CloseReason, DropReason};
-pub use replay::ReplaySettings;
+pub use replay::{ReplayCache, ReplaySettings, Seen};
 pub use topology::StaticTopology;
 
 use links::Links;
@@ -408,12 +411,28 @@ impl Engine {
             shutdown.clone(),
         ));
 
-        // Batches of at most 16 packets (see `worker`); the delay queue's
-        // own bound is `max_delayed`.
+        // Batches of at most 32 packets (see `worker`); the delay stage's
+        // own bound is `max_delayed`. The release thread holds each packet
+        // for the last moments before its deadline, finer than tokio's
+        // timer (see `delay`).
+        let release = Arc::new(delay::Release::default());
+        let release_thread = {
+            let name = "murmur-release".to_owned();
+            let (release, links, metrics, rt) = (
+                release.clone(),
+                links.clone(),
+                metrics.clone(),
+                runtime.clone(),
+            );
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || delay::release_thread(release, links, metrics, rt))
+                .map_err(|source| Error::Thread { name, source })?
+        };
         let (delay_tx, delay_rx) = tokio::sync::mpsc::channel((limits.unwrap_queue / 4).max(16));
         tracker.spawn(delay::run(
             delay_rx,
-            links.clone(),
+            release,
             metrics.clone(),
             limits.max_delayed,
             shutdown.clone(),
@@ -477,6 +496,10 @@ impl Engine {
                     if w.join().is_err() {
                         tracing::error!("an unwrap worker panicked");
                     }
+                }
+                // Stopped by the delay task, which stops on the same token.
+                if release_thread.join().is_err() {
+                    tracing::error!("the delay release thread panicked");
                 }
             })
             .await;

@@ -158,14 +158,20 @@ struct EpochState {
 
 /// The outcome of [`ReplayCache::check_and_insert`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Seen {
+pub enum Seen {
     /// A fresh tag, now recorded.
     New,
     /// Seen before (or a false positive).
     Replay,
 }
 
-pub(crate) struct ReplayCache {
+/// The replay cache the engine checks every packet against: one Bloom
+/// filter of replay tags per Sphinx key epoch; every new tag is appended to
+/// a tag log that [`ReplayCache::sync`] fsyncs, and
+/// [`ReplayCache::snapshot_all`] writes checksummed snapshots, so the cache
+/// survives a restart. Public so that benchmarks and tools can drive the
+/// engine's own code directly.
+pub struct ReplayCache {
     dir: PathBuf,
     items: usize,
     fp: f64,
@@ -207,7 +213,7 @@ impl ReplayCache {
     /// Opens the cache in `dir` for filters of `items` tags at false
     /// positive rate `fp`, loading the epochs in `live` from disk and
     /// deleting the files of every other epoch.
-    pub(crate) fn open(dir: &Path, items: usize, fp: f64, live: &[u64]) -> Result<Self> {
+    pub fn open(dir: &Path, items: usize, fp: f64, live: &[u64]) -> Result<Self> {
         fsutil::private_dir(dir)?;
         let cache = Self {
             dir: dir.to_owned(),
@@ -367,11 +373,7 @@ impl ReplayCache {
     /// Records `tag` for key epoch `epoch`; tells whether it was seen before.
     /// A tag log write error is returned beside the answer (the answer still
     /// holds: the filter is in memory).
-    pub(crate) fn check_and_insert(
-        &self,
-        epoch: u64,
-        tag: &ReplayTag,
-    ) -> (Seen, Option<std::io::Error>) {
+    pub fn check_and_insert(&self, epoch: u64, tag: &ReplayTag) -> (Seen, Option<std::io::Error>) {
         let mut inner = self.lock();
         if !inner.contains_key(&epoch) {
             let bloom = match self.new_bloom() {
@@ -419,7 +421,7 @@ impl ReplayCache {
     }
 
     /// Flushes the tag logs and fsyncs them (the fsync outside the lock).
-    pub(crate) fn sync(&self) -> std::io::Result<()> {
+    pub fn sync(&self) -> std::io::Result<()> {
         let mut files = Vec::new();
         let mut first_err = None;
         {
@@ -448,7 +450,7 @@ impl ReplayCache {
     }
 
     /// Writes a snapshot of every epoch that changed since its last one.
-    pub(crate) fn snapshot_all(&self) -> Result<()> {
+    pub fn snapshot_all(&self) -> Result<()> {
         let epochs: Vec<u64> = self.lock().keys().copied().collect();
         let mut first_err = None;
         for epoch in epochs {
@@ -529,7 +531,7 @@ impl ReplayCache {
     }
 
     /// Keeps the epochs in `live`, dropping the others from memory and disk.
-    pub(crate) fn retain(&self, live: &[u64]) -> Result<()> {
+    pub fn retain(&self, live: &[u64]) -> Result<()> {
         self.lock().retain(|e, _| live.contains(e));
         for (epoch, (has_snap, logs)) in self.list()? {
             if live.contains(&epoch) {
@@ -546,7 +548,7 @@ impl ReplayCache {
     }
 
     /// The cache directory.
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         &self.dir
     }
 
@@ -557,7 +559,7 @@ impl ReplayCache {
     }
 
     /// Persists everything: a snapshot of every epoch and synced logs.
-    pub(crate) fn close(&self) -> Result<()> {
+    pub fn close(&self) -> Result<()> {
         self.snapshot_all()?;
         self.sync()
             .map_err(|e| Error::io("could not sync", &self.dir, e))

@@ -1,8 +1,10 @@
-//! Durable deposits per second through the real write path, next to redb's
-//! raw batched insert rate measured in the same run on the same disk.
+//! Load run (c): durable mailbox deposits per second through the real write
+//! path, next to redb's raw batched insert rate measured in the same run on
+//! the same disk.
 //!
 //! ```text
-//! cargo run --release -p murmur-mailbox --example deposit_bench [-- DEPOSITS [ROUNDS [DIR]]]
+//! cargo run --release -p murmur-benches --bin mailbox-load -- [--json]
+//!     [--deposits N] [--rounds R] [--dir DIR]
 //! ```
 //!
 //! The group-commit figure covers the whole final hop after Sphinx
@@ -23,11 +25,13 @@
 //! machine affects both alike.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+use murmur_benches::{Machine, Spread};
 use murmur_directory::clock::SystemClock;
 use murmur_mailbox::{
     CreateOutcome, Mailbox, Metrics, PacketSink, Quota, RedbStore, Store, WriterConfig,
@@ -39,6 +43,7 @@ use murmur_wire::{
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use redb::{Database, Durability, TableDefinition};
+use serde::Serialize;
 
 const QUEUES: usize = 1024;
 const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
@@ -160,27 +165,59 @@ fn raw_redb(dir: &Path, n: u64, batch: u64, value_size: usize) -> anyhow::Result
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+#[derive(Parser, Debug)]
+#[command(about = "Durable mailbox deposits/s next to redb's raw batched insert rate")]
+struct Args {
+    /// Deposits per round.
+    #[arg(long, default_value_t = 200_000)]
+    deposits: u64,
+    /// Rounds (group commit and raw redb alternate; medians are compared).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Where the databases go (default: the system's temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Round {
+    group_commit_per_s: f64,
+    mean_batch: f64,
+    raw_redb_per_s: f64,
+    raw_batch: u64,
+    value_bytes: usize,
+    ratio: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    machine: Machine,
+    load_at_end: [f64; 3],
+    deposits_per_round: u64,
+    rounds: Vec<Round>,
+    group_commit_per_s: Spread,
+    raw_redb_per_s: Spread,
+    ratio: Spread,
+    ratio_of_medians: f64,
+    target_met: bool,
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let n: u64 = args
-        .next()
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(200_000);
-    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
-    let base = args
-        .next()
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    println!(
-        "{n} deposits per round, {rounds} rounds, databases under {}",
-        base.display()
-    );
+    let args = Args::parse();
+    let n = args.deposits.max(1000);
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let machine = Machine::now();
+    if !args.json {
+        println!("{}", machine.line());
+        println!(
+            "{n} deposits per round, {} rounds, databases under {}",
+            args.rounds,
+            base.display()
+        );
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -204,26 +241,70 @@ fn main() -> anyhow::Result<()> {
         })
         .collect::<Result<_, _>>()?;
 
-    let (mut ours, mut raws) = (Vec::new(), Vec::new());
-    for round in 1..=rounds {
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds.max(1) {
         let dir = tempfile::tempdir_in(&base)?;
         let g = group_commit(dir.path(), n, &mut rng, &surbs)?;
         let batch = (g.mean_batch.round() as u64).max(1);
         let raw = raw_redb(dir.path(), n, batch, g.entry_size)?;
-        println!(
-            "round {round}: group commit {:>7.0}/s (mean batch {:.0})   raw redb {raw:>7.0}/s ({}-byte values, {batch} per transaction)   {:.0} %",
-            g.rate,
-            g.mean_batch,
-            g.entry_size,
-            100.0 * g.rate / raw
-        );
-        ours.push(g.rate);
-        raws.push(raw);
+        let r = Round {
+            group_commit_per_s: g.rate,
+            mean_batch: g.mean_batch,
+            raw_redb_per_s: raw,
+            raw_batch: batch,
+            value_bytes: g.entry_size,
+            ratio: g.rate / raw,
+        };
+        if !args.json {
+            println!(
+                "round {round}: group commit {:>7.0}/s (mean batch {:.0})   raw redb {:>7.0}/s ({}-byte values, {} per transaction)   {:.0} %",
+                r.group_commit_per_s,
+                r.mean_batch,
+                r.raw_redb_per_s,
+                r.value_bytes,
+                r.raw_batch,
+                100.0 * r.ratio
+            );
+        }
+        rounds.push(r);
     }
-    let (ours, raw) = (median(ours), median(raws));
-    println!(
-        "median: group commit {ours:.0} durable, acknowledged deposits/s; raw redb batched insert {raw:.0}/s; ratio {:.0} %",
-        100.0 * ours / raw
+    let ours = Spread::of(
+        &rounds
+            .iter()
+            .map(|r| r.group_commit_per_s)
+            .collect::<Vec<_>>(),
     );
+    let raw = Spread::of(&rounds.iter().map(|r| r.raw_redb_per_s).collect::<Vec<_>>());
+    let ratio = Spread::of(&rounds.iter().map(|r| r.ratio).collect::<Vec<_>>());
+    let ratio_of_medians = ours.median / raw.median;
+    let report = Report {
+        machine,
+        load_at_end: murmur_benches::loadavg(),
+        deposits_per_round: n,
+        rounds,
+        group_commit_per_s: ours,
+        raw_redb_per_s: raw,
+        ratio,
+        ratio_of_medians,
+        target_met: ratio_of_medians >= 0.5,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "median: group commit {:.0} durable, acknowledged deposits/s (range {:.0}–{:.0}); raw redb batched insert {:.0}/s (range {:.0}–{:.0}); ratio {:.0} % (per round {:.0}–{:.0} %); target ≥ 50 %: {}",
+            ours.median,
+            ours.min,
+            ours.max,
+            raw.median,
+            raw.min,
+            raw.max,
+            100.0 * ratio_of_medians,
+            100.0 * report.ratio.min,
+            100.0 * report.ratio.max,
+            if report.target_met { "met" } else { "NOT met" }
+        );
+        println!("load average at the end: {:?}", report.load_at_end);
+    }
     Ok(())
 }
