@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use murmur_directory::http::ServerLimits;
-use murmur_mixnode::config::{AuthorityPin, DirectorySettings, NetworkSettings};
+use murmur_mixnode::config::{
+    AuthorityPin, DirectorySettings, NetworkSettings, NodeSectionsExample, node_sections_example,
+};
 use murmur_mixnode::engine::{EngineLimits, ReplaySettings};
 use murmur_mixnode::keys::KeySettings;
 use serde::Deserialize;
@@ -61,19 +63,17 @@ pub fn example_config(o: &ExampleOptions) -> String {
         Some(a) => format!("{key} = \"{a}\""),
         None => format!("# {key} = \"{example}\""),
     };
-    let mut auth = String::new();
-    if o.authorities.is_empty() {
-        auth.push_str(
-            "# [[directory.authorities]]\n# addr = \"198.51.100.1:7100\"\n# key = \"<base58 public key printed by murmur-directory init>\"\n",
-        );
-    }
-    for a in &o.authorities {
-        auth.push_str(&format!(
-            "[[directory.authorities]]\naddr = \"{}\"\nkey = \"{}\"\n\n",
-            a.addr, a.key
-        ));
-    }
-    let (e, r, s, h) = (&d.engine, &d.replay, &d.storage, &d.http);
+    let node_sections = node_sections_example(&NodeSectionsExample {
+        who: "provider",
+        authorities: &o.authorities,
+        threshold: o.threshold,
+        network: &d.network,
+        directory: &d.directory,
+        keys: &d.keys,
+        engine: &d.engine,
+        replay: &d.replay,
+    });
+    let (s, h) = (&d.storage, &d.http);
     format!(
         r#"# murmur-mailbox configuration. Every key is shown with its default;
 # unknown keys are an error. Reference: docs/mailbox.md.
@@ -93,71 +93,7 @@ listen_addr = "{listen}"
 # address (not 0.0.0.0 or ::).
 {public}
 
-[network]
-# Epoch length in seconds: must equal the authorities' epoch_secs.
-epoch_secs = {epoch_secs}
-
-[directory]
-# How many of the authorities below must sign a consensus.
-threshold = {threshold}
-# Timeout of one request to an authority, ms.
-request_timeout_ms = {req_ms}
-# The pinned authorities (address and base58 public key), one table each.
-# The provider registers with every one of them in every epoch.
-{auth}
-[keys]
-# Seconds after an epoch starts during which the previous epoch's Sphinx key
-# is still accepted (packets in flight). Shorter than an epoch.
-grace_secs = {grace}
-# Upcoming epochs whose keys are generated and published ahead (1-3).
-ahead_epochs = {ahead}
-
-[engine]
-# Unwrap worker threads; 0 = one per core.
-workers = {workers}
-# Inbound packet connections served at once (more wait in the backlog).
-max_connections = {max_connections}
-# An inbound connection must complete a frame within this many seconds.
-read_timeout_secs = {read_timeout}
-# Packets waiting for a worker; more are dropped (overload_unwrap).
-unwrap_queue = {unwrap_queue}
-# A packet that waited longer than this for a worker is dropped, ms.
-max_unwrap_dwell_ms = {dwell}
-# Packets held for their delay at once; more are dropped (overload_delay).
-# A provider is the last hop: it only holds packets it is asked to forward.
-max_delayed = {max_delayed}
-# Packets queued per outbound link (acknowledgements leave through these);
-# more are dropped (overload_link).
-link_queue = {link_queue}
-# Packets queued in all outbound links together; more are dropped.
-max_link_queued = {max_link_queued}
-# Outbound links open at once.
-max_links = {max_links}
-# Time to connect an outbound link, ms.
-connect_timeout_ms = {connect}
-# Time to write a batch of packets before the link is reset, ms.
-write_timeout_ms = {write}
-# An outbound link idle this long is closed, seconds.
-link_idle_timeout_secs = {idle}
-# Reconnection backoff: first wait and largest wait, ms (with jitter).
-reconnect_min_ms = {rmin}
-reconnect_max_ms = {rmax}
-
-[replay]
-# Packets per second this provider expects; sizes the replay filter together
-# with the key lifetime (epoch + grace). Memory: about 3.6 bytes per tag at
-# 1e-6, per key epoch held (one or two).
-expected_packet_rate = {rate:?}
-# Chance that a fresh packet is taken for a replay at the expected load.
-false_positive_rate = {fp:e}
-# New replay tags are fsynced this often, ms: a crash loses at most this
-# much of the cache (those packets could be replayed once after restart;
-# a replayed deposit is recognised as a duplicate and not stored twice).
-fsync_interval_ms = {fsync}
-# A full snapshot of each filter is written this often, seconds.
-snapshot_interval_secs = {snap}
-
-[http]
+{node_sections}[http]
 # Address of the fetch API (POST /v1/queues, POST /v1/queue), /metrics and
 # /healthz. Port 0 picks a free port.
 listen = "{http_listen}"
@@ -204,29 +140,6 @@ nonce_cache_capacity = {nonces}
         key_file = d.identity_key_file.display(),
         listen = o.listen_addr,
         public = optional("public_addr", o.public_addr, "203.0.113.7:7481"),
-        epoch_secs = d.network.epoch_secs,
-        threshold = o.threshold,
-        req_ms = d.directory.request_timeout_ms,
-        grace = d.keys.grace_secs,
-        ahead = d.keys.ahead_epochs,
-        workers = e.workers,
-        max_connections = e.max_connections,
-        read_timeout = e.read_timeout_secs,
-        unwrap_queue = e.unwrap_queue,
-        dwell = e.max_unwrap_dwell_ms,
-        max_delayed = e.max_delayed,
-        link_queue = e.link_queue,
-        max_link_queued = e.max_link_queued,
-        max_links = e.max_links,
-        connect = e.connect_timeout_ms,
-        write = e.write_timeout_ms,
-        idle = e.link_idle_timeout_secs,
-        rmin = e.reconnect_min_ms,
-        rmax = e.reconnect_max_ms,
-        rate = r.expected_packet_rate,
-        fp = r.false_positive_rate,
-        fsync = r.fsync_interval_ms,
-        snap = r.snapshot_interval_secs,
         http_listen = o.http_listen,
         http_public = optional("public_addr", o.http_public_addr, "203.0.113.7:7480"),
         http_max = h.max_connections,

@@ -227,20 +227,16 @@ pub fn example_config(
         Some(a) => format!("public_addr = \"{a}\""),
         None => "# public_addr = \"203.0.113.7:7300\"".to_owned(),
     };
-    let mut auth = String::new();
-    if authorities.is_empty() {
-        auth.push_str(
-            "# [[directory.authorities]]\n# addr = \"198.51.100.1:7100\"\n# key = \"<base58 public key printed by murmur-directory init>\"\n",
-        );
-    }
-    for a in authorities {
-        auth.push_str(&format!(
-            "[[directory.authorities]]\naddr = \"{}\"\nkey = \"{}\"\n\n",
-            a.addr, a.key
-        ));
-    }
-    let e = &d.engine;
-    let r = &d.replay;
+    let node_sections = node_sections_example(&NodeSectionsExample {
+        who: "node",
+        authorities,
+        threshold,
+        network: &d.network,
+        directory: &d.directory,
+        keys: &d.keys,
+        engine: &d.engine,
+        replay: &d.replay,
+    });
     format!(
         r#"# murmur-mixnode configuration. Every key is shown with its default;
 # unknown keys are an error. Reference: docs/mixnode.md.
@@ -259,7 +255,60 @@ listen_addr = "{listen_addr}"
 # Where /metrics (Prometheus) and /healthz are served. Keep it private.
 http_addr = "{http_addr}"
 
-[network]
+{node_sections}[loops]
+# Loop cover packets in flight at once (the rate is the consensus
+# mix_loop_rate).
+max_outstanding = {max_out}
+# A loop is lost if it is not back this long after the sum of its delays, ms.
+timeout_slack_ms = {slack}
+"#,
+        key_file = d.identity_key_file.display(),
+        max_out = d.loops.max_outstanding,
+        slack = d.loops.timeout_slack_ms,
+    )
+}
+
+/// What the node sections of an example configuration show: the values, and
+/// who the node is ("node" for a mix, "provider" for a mailbox).
+#[derive(Clone, Copy, Debug)]
+pub struct NodeSectionsExample<'a> {
+    /// "node" or "provider".
+    pub who: &'a str,
+    /// `[[directory.authorities]]`.
+    pub authorities: &'a [AuthorityPin],
+    /// `directory.threshold`.
+    pub threshold: usize,
+    /// `[network]`.
+    pub network: &'a NetworkSettings,
+    /// `[directory]` (the timeout).
+    pub directory: &'a DirectorySettings,
+    /// `[keys]`.
+    pub keys: &'a KeySettings,
+    /// `[engine]`.
+    pub engine: &'a EngineLimits,
+    /// `[replay]`.
+    pub replay: &'a ReplaySettings,
+}
+
+/// The commented `[network]`, `[directory]`, `[keys]`, `[engine]` and
+/// `[replay]` sections, shared by the mix node's and the mailbox's example
+/// configurations (one text for one set of settings).
+pub fn node_sections_example(x: &NodeSectionsExample<'_>) -> String {
+    let mut auth = String::new();
+    if x.authorities.is_empty() {
+        auth.push_str(
+            "# [[directory.authorities]]\n# addr = \"198.51.100.1:7100\"\n# key = \"<base58 public key printed by murmur-directory init>\"\n",
+        );
+    }
+    for a in x.authorities {
+        auth.push_str(&format!(
+            "[[directory.authorities]]\naddr = \"{}\"\nkey = \"{}\"\n\n",
+            a.addr, a.key
+        ));
+    }
+    let (e, r) = (x.engine, x.replay);
+    format!(
+        r#"[network]
 # Epoch length in seconds: must equal the authorities' epoch_secs.
 epoch_secs = {epoch_secs}
 
@@ -269,6 +318,7 @@ threshold = {threshold}
 # Timeout of one request to an authority, ms.
 request_timeout_ms = {req_ms}
 # The pinned authorities (address and base58 public key), one table each.
+# The {who} registers with every one of them in every epoch.
 {auth}
 [keys]
 # Seconds after an epoch starts during which the previous epoch's Sphinx key
@@ -289,8 +339,11 @@ unwrap_queue = {unwrap_queue}
 # A packet that waited longer than this for a worker is dropped, ms.
 max_unwrap_dwell_ms = {dwell}
 # Packets held for their delay at once; more are dropped (overload_delay).
+# (A mailbox provider is the last hop: it holds only packets it is asked to
+# forward.)
 max_delayed = {max_delayed}
-# Packets queued per outbound link; more are dropped (overload_link).
+# Packets queued per outbound link (a provider's acknowledgements leave
+# through these); more are dropped (overload_link).
 link_queue = {link_queue}
 # Packets queued in all outbound links together; more are dropped
 # (overload_link).
@@ -308,30 +361,26 @@ reconnect_min_ms = {rmin}
 reconnect_max_ms = {rmax}
 
 [replay]
-# Packets per second this node expects; sizes the replay filter together
+# Packets per second this {who} expects; sizes the replay filter together
 # with the key lifetime (epoch + grace). Memory: about 3.6 bytes per tag at
 # 1e-6, per key epoch held (one or two).
 expected_packet_rate = {rate:?}
 # Chance that a fresh packet is taken for a replay at the expected load.
 false_positive_rate = {fp:e}
 # New replay tags are fsynced this often, ms: a crash loses at most this
-# much of the cache (those packets could be replayed once after restart).
+# much of the cache (those packets could be replayed once after a restart;
+# at a provider a replayed deposit is recognised and not stored twice).
 fsync_interval_ms = {fsync}
 # A full snapshot of each filter is written this often, seconds.
 snapshot_interval_secs = {snap}
 
-[loops]
-# Loop cover packets in flight at once (the rate is the consensus
-# mix_loop_rate).
-max_outstanding = {max_out}
-# A loop is lost if it is not back this long after the sum of its delays, ms.
-timeout_slack_ms = {slack}
 "#,
-        key_file = d.identity_key_file.display(),
-        epoch_secs = d.network.epoch_secs,
-        req_ms = d.directory.request_timeout_ms,
-        grace = d.keys.grace_secs,
-        ahead = d.keys.ahead_epochs,
+        who = x.who,
+        threshold = x.threshold,
+        epoch_secs = x.network.epoch_secs,
+        req_ms = x.directory.request_timeout_ms,
+        grace = x.keys.grace_secs,
+        ahead = x.keys.ahead_epochs,
         workers = e.workers,
         max_connections = e.max_connections,
         read_timeout = e.read_timeout_secs,
@@ -350,8 +399,6 @@ timeout_slack_ms = {slack}
         fp = r.false_positive_rate,
         fsync = r.fsync_interval_ms,
         snap = r.snapshot_interval_secs,
-        max_out = d.loops.max_outstanding,
-        slack = d.loops.timeout_slack_ms,
     )
 }
 
