@@ -124,7 +124,7 @@ pub fn mailbox_http_exchange(data: &[u8]) -> Vec<u8> {
         };
         if !out.is_empty() {
             assert!(
-                out.starts_with(b"HTTP/1.1 "),
+                out.starts_with(b"HTTP/1.1 ") || out.starts_with(b"HTTP/1.0 "),
                 "response is not HTTP: {:?}",
                 String::from_utf8_lossy(&out[..out.len().min(64)])
             );

@@ -17,9 +17,8 @@ use murmur_wire::mailbox::{
 };
 use murmur_wire::{
     Ack, Consensus, DEPOSIT_BODY_SIZE, Deposit, Descriptor, Destination, EpochKey, FinalPayload,
-    MailboxEntry, MessageId, MixEntry, NetworkParams, PACKET_SIZE, PacketCodec,
-    QueueId, Role, Route, SignedDescriptor, SignedVote, SurbId, Vote, build_forward_packet,
-    build_surb,
+    MailboxEntry, MessageId, MixEntry, NetworkParams, PACKET_SIZE, PacketCodec, QueueId, Role,
+    Route, SignedDescriptor, SignedVote, SurbId, Vote, build_forward_packet, build_surb,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -46,7 +45,11 @@ pub fn route(epoch: u64) -> Route {
     let nodes = keys::nodes();
     ok(
         Route::new(
-            vec![nodes[0].hop(epoch), nodes[1].hop(epoch), nodes[2].hop(epoch)],
+            vec![
+                nodes[0].hop(epoch),
+                nodes[1].hop(epoch),
+                nodes[2].hop(epoch),
+            ],
             vec![Duration::from_millis(5); 3],
         ),
         "route",
@@ -100,7 +103,10 @@ fn descriptor(node: u8, role: Role) -> SignedDescriptor {
         ],
         published_at: keys::NOW,
     };
-    ok(SignedDescriptor::sign(&d, &keys::node_signing_key(node)), "descriptor")
+    ok(
+        SignedDescriptor::sign(&d, &keys::node_signing_key(node)),
+        "descriptor",
+    )
 }
 
 /// A routable consensus for [`keys::EPOCH`]: one mix per layer (nodes 0, 1,
@@ -162,7 +168,11 @@ fn owner_request(op: OwnerOp, nonce: u8) -> Vec<u8> {
         nonce: [nonce; 16],
     };
     ok(
-        ok(SignedOwnerRequest::sign(&req, &keys::owner_key()), "owner request").to_bytes(),
+        ok(
+            SignedOwnerRequest::sign(&req, &keys::owner_key()),
+            "owner request",
+        )
+        .to_bytes(),
         "owner request",
     )
 }
@@ -183,7 +193,8 @@ fn create_queue(nonce: u8) -> Vec<u8> {
 /// Every seed of every target.
 pub fn all() -> Vec<Seed> {
     let mut out: Vec<Seed> = Vec::new();
-    let mut add = |t: &'static str, name: &str, bytes: Vec<u8>| out.push((t, name.to_owned(), bytes));
+    let mut add =
+        |t: &'static str, name: &str, bytes: Vec<u8>| out.push((t, name.to_owned(), bytes));
 
     // Packets.
     let fwd = ok(
@@ -201,7 +212,12 @@ pub fn all() -> Vec<Seed> {
     );
     let (surb, recovery) = surb_and_recovery(3);
     let (_, reply) = ok(
-        surb.clone().into_packet(&Ack { id: MessageId::from_bytes([4; 16]) }.encode()),
+        surb.clone().into_packet(
+            &Ack {
+                id: MessageId::from_bytes([4; 16]),
+            }
+            .encode(),
+        ),
         "reply",
     );
 
@@ -209,12 +225,20 @@ pub fn all() -> Vec<Seed> {
     let two = frame(&[fwd.clone(), fwd1.clone()]);
     add("frame", "two_frames", with_mode(0, &two));
     add("frame", "two_frames_bytewise", with_mode(1, &two));
-    add("frame", "one_frame", with_mode(4, &frame(std::slice::from_ref(&reply))));
+    add(
+        "frame",
+        "one_frame",
+        with_mode(4, &frame(std::slice::from_ref(&reply))),
+    );
     add("frame", "truncated", with_mode(2, &two[..two.len() - 100]));
     let mut bad_len = frame(std::slice::from_ref(&fwd));
     bad_len[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
     add("frame", "huge_length", with_mode(3, &bad_len));
-    add("frame", "bad_magic", with_mode(0, b"GET / HTTP/1.1\r\n\r\n"));
+    add(
+        "frame",
+        "bad_magic",
+        with_mode(0, b"GET / HTTP/1.1\r\n\r\n"),
+    );
     add("frame", "header_only", with_mode(0, &PacketCodec::header()));
 
     // sphinx_packet: packets for node 0's key ring.
@@ -244,33 +268,76 @@ pub fn all() -> Vec<Seed> {
     add(
         "final_payload",
         "loop",
-        FinalPayload::LoopCover { id: MessageId::from_bytes([2; 16]) }.encode(),
+        FinalPayload::LoopCover {
+            id: MessageId::from_bytes([2; 16]),
+        }
+        .encode(),
     );
-    add("final_payload", "ack", Ack { id: MessageId::from_bytes([3; 16]) }.encode().to_vec());
+    add(
+        "final_payload",
+        "ack",
+        Ack {
+            id: MessageId::from_bytes([3; 16]),
+        }
+        .encode()
+        .to_vec(),
+    );
     let mut surb_plus = surb.as_bytes().to_vec();
     surb_plus.extend_from_slice(b"reply text");
     add("final_payload", "surb_and_reply", surb_plus);
-    add("final_payload", "surb_recovery", recovery.to_bytes().to_vec());
+    add(
+        "final_payload",
+        "surb_recovery",
+        recovery.to_bytes().to_vec(),
+    );
     add("final_payload", "empty", Vec::new());
 
     // descriptor.
     let mix = descriptor(0, Role::Mix);
     let mbx = descriptor(3, Role::Mailbox);
-    add("descriptor", "mix", with_mode(0, &ok(mix.to_bytes(), "descriptor")));
-    add("descriptor", "mailbox", with_mode(0, &ok(mbx.to_bytes(), "descriptor")));
-    add("descriptor", "structured", with_mode(1, &crate::pseudo_random(5, 200)));
+    add(
+        "descriptor",
+        "mix",
+        with_mode(0, &ok(mix.to_bytes(), "descriptor")),
+    );
+    add(
+        "descriptor",
+        "mailbox",
+        with_mode(0, &ok(mbx.to_bytes(), "descriptor")),
+    );
+    add(
+        "descriptor",
+        "structured",
+        with_mode(1, &crate::pseudo_random(5, 200)),
+    );
 
     // consensus.
     let doc = consensus_doc();
     let body = ok(postcard::to_stdvec(&doc), "consensus");
     let signed = keys::sign_consensus_body(body.clone(), 0b011);
-    add("consensus", "signed", with_mode(0, &ok(signed.to_bytes(), "consensus")));
+    add(
+        "consensus",
+        "signed",
+        with_mode(0, &ok(signed.to_bytes(), "consensus")),
+    );
     let all_three = keys::sign_consensus_body(body.clone(), 0b111);
-    add("consensus", "signed_by_all", with_mode(0, &ok(all_three.to_bytes(), "consensus")));
+    add(
+        "consensus",
+        "signed_by_all",
+        with_mode(0, &ok(all_three.to_bytes(), "consensus")),
+    );
     let under = keys::sign_consensus_body(body.clone(), 0b1001);
-    add("consensus", "under_threshold", with_mode(0, &ok(under.to_bytes(), "consensus")));
+    add(
+        "consensus",
+        "under_threshold",
+        with_mode(0, &ok(under.to_bytes(), "consensus")),
+    );
     add("consensus", "body", with_mode(1, &body));
-    add("consensus", "structured", with_mode(2, &crate::pseudo_random(6, 600)));
+    add(
+        "consensus",
+        "structured",
+        with_mode(2, &crate::pseudo_random(6, 600)),
+    );
     let vote = Vote {
         version: murmur_wire::directory::VOTE_VERSION,
         epoch: keys::EPOCH,
@@ -279,13 +346,35 @@ pub fn all() -> Vec<Seed> {
         descriptors: vec![mix.clone(), mbx.clone()],
     };
     let vote = ok(SignedVote::sign(&vote, &keys::authority_key(0)), "vote");
-    add("consensus", "vote", with_mode(3, &ok(vote.to_bytes(), "vote")));
+    add(
+        "consensus",
+        "vote",
+        with_mode(3, &ok(vote.to_bytes(), "vote")),
+    );
 
     // mailbox_api.
     add("mailbox_api", "create_queue", create_queue(1));
-    add("mailbox_api", "fetch", owner_request(OwnerOp::Fetch { after: 0, limit: 16 }, 2));
-    add("mailbox_api", "ack", owner_request(OwnerOp::Ack { up_to: 5 }, 3));
-    add("mailbox_api", "delete", owner_request(OwnerOp::DeleteQueue, 4));
+    add(
+        "mailbox_api",
+        "fetch",
+        owner_request(
+            OwnerOp::Fetch {
+                after: 0,
+                limit: 16,
+            },
+            2,
+        ),
+    );
+    add(
+        "mailbox_api",
+        "ack",
+        owner_request(OwnerOp::Ack { up_to: 5 }, 3),
+    );
+    add(
+        "mailbox_api",
+        "delete",
+        owner_request(OwnerOp::DeleteQueue, 4),
+    );
     let fetched = FetchResponse {
         entries: vec![
             QueueEntry {
@@ -304,28 +393,48 @@ pub fn all() -> Vec<Seed> {
             },
             QueueEntry {
                 seq: 3,
-                item: QueueItem::Loop { id: MessageId::from_bytes([3; 16]) },
+                item: QueueItem::Loop {
+                    id: MessageId::from_bytes([3; 16]),
+                },
             },
         ],
         more: true,
     };
-    add("mailbox_api", "fetch_response", ok(fetched.to_bytes(), "fetch response"));
-    add("mailbox_api", "ack_response", ok(AckResponse { deleted: 3 }.to_bytes(), "ack"));
+    add(
+        "mailbox_api",
+        "fetch_response",
+        ok(fetched.to_bytes(), "fetch response"),
+    );
+    add(
+        "mailbox_api",
+        "ack_response",
+        ok(AckResponse { deleted: 3 }.to_bytes(), "ack"),
+    );
     add(
         "mailbox_api",
         "create_response",
         ok(
-            CreateQueueResponse { queue: QueueId::from_bytes(keys::QUEUE) }.to_bytes(),
+            CreateQueueResponse {
+                queue: QueueId::from_bytes(keys::QUEUE),
+            }
+            .to_bytes(),
             "create response",
         ),
     );
 
     // mailbox_http: raw HTTP/1.1 connections.
-    add("mailbox_http", "create", http_post("/v1/queues", &create_queue(10)));
+    add(
+        "mailbox_http",
+        "create",
+        http_post("/v1/queues", &create_queue(10)),
+    );
     add(
         "mailbox_http",
         "fetch",
-        http_post("/v1/queue", &owner_request(OwnerOp::Fetch { after: 0, limit: 8 }, 11)),
+        http_post(
+            "/v1/queue",
+            &owner_request(OwnerOp::Fetch { after: 0, limit: 8 }, 11),
+        ),
     );
     let mut pipelined = http_post("/v1/queues", &create_queue(12));
     pipelined.extend(http_post(
@@ -334,8 +443,16 @@ pub fn all() -> Vec<Seed> {
     ));
     pipelined.extend_from_slice(b"GET /healthz HTTP/1.1\r\nhost: m\r\n\r\n");
     add("mailbox_http", "pipelined", pipelined);
-    add("mailbox_http", "healthz", b"GET /healthz HTTP/1.1\r\nhost: m\r\n\r\n".to_vec());
-    add("mailbox_http", "metrics", b"GET /metrics HTTP/1.1\r\nhost: m\r\n\r\n".to_vec());
+    add(
+        "mailbox_http",
+        "healthz",
+        b"GET /healthz HTTP/1.1\r\nhost: m\r\n\r\n".to_vec(),
+    );
+    add(
+        "mailbox_http",
+        "metrics",
+        b"GET /metrics HTTP/1.1\r\nhost: m\r\n\r\n".to_vec(),
+    );
     add(
         "mailbox_http",
         "too_large",
@@ -373,7 +490,11 @@ pub fn all() -> Vec<Seed> {
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect::<Vec<_>>()
         .join("\n  ");
-    add("invitation", "wrapped", format!("  {wrapped}\n").into_bytes());
+    add(
+        "invitation",
+        "wrapped",
+        format!("  {wrapped}\n").into_bytes(),
+    );
     let inv_body = ok(postcard::to_stdvec(&inv), "invitation body");
     add("invitation", "body_with_checksum", with_mode(1, &inv_body));
     add("invitation", "prefix_only", b"murmur-invite:".to_vec());
@@ -382,13 +503,23 @@ pub fn all() -> Vec<Seed> {
     // client_fragments.
     let (key, queue) = keys::fragment_key();
     let recipient = keys::recipient_identity();
-    let env = Envelope::new(MessageId::from_bytes([8; 16]), 1, Body::Text("hi".to_owned()));
+    let env = Envelope::new(
+        MessageId::from_bytes([8; 16]),
+        1,
+        Body::Text("hi".to_owned()),
+    );
     let sealed = ok(
         seal::seal(&mut rng(9), &inviter, &recipient.public(), &queue, &env),
         "seal",
     );
     let bodies = ok(
-        fragment::split(&mut rng(10), &key, &queue, MessageId::from_bytes([8; 16]), &sealed),
+        fragment::split(
+            &mut rng(10),
+            &key,
+            &queue,
+            MessageId::from_bytes([8; 16]),
+            &sealed,
+        ),
         "split",
     );
     add("client_fragments", "body", with_mode(0, &bodies[0][..]));
@@ -398,7 +529,11 @@ pub fn all() -> Vec<Seed> {
     plain.put_u32(1);
     plain.put_u16(5);
     plain.put_slice(b"chunk");
-    add("client_fragments", "fragment_plaintext", with_mode(1, &plain));
+    add(
+        "client_fragments",
+        "fragment_plaintext",
+        with_mode(1, &plain),
+    );
     add("client_fragments", "sealed", with_mode(2, &sealed));
     add(
         "client_fragments",
@@ -408,9 +543,16 @@ pub fn all() -> Vec<Seed> {
     let file = Envelope::new(
         MessageId::from_bytes([9; 16]),
         2,
-        Body::File { name: "a.txt".to_owned(), data: vec![1, 2, 3] },
+        Body::File {
+            name: "a.txt".to_owned(),
+            data: vec![1, 2, 3],
+        },
     );
-    add("client_fragments", "envelope_file", with_mode(3, &ok(postcard::to_stdvec(&file), "envelope")));
+    add(
+        "client_fragments",
+        "envelope_file",
+        with_mode(3, &ok(postcard::to_stdvec(&file), "envelope")),
+    );
     let hello = Envelope::new(
         MessageId::from_bytes([10; 16]),
         3,
@@ -420,7 +562,11 @@ pub fn all() -> Vec<Seed> {
             name: "Bob".to_owned(),
         },
     );
-    add("client_fragments", "envelope_hello", with_mode(3, &ok(postcard::to_stdvec(&hello), "envelope")));
+    add(
+        "client_fragments",
+        "envelope_hello",
+        with_mode(3, &ok(postcard::to_stdvec(&hello), "envelope")),
+    );
 
     // configs.
     let key_b58 = keys::authority_identity(0).to_base58();
@@ -438,12 +584,19 @@ pub fn all() -> Vec<Seed> {
             addr("0.0.0.0:9000"),
             Some(addr("192.0.2.1:9000")),
             addr("127.0.0.1:9100"),
-            &[murmur_mixnode::config::AuthorityPin { addr: addr("127.0.0.1:7000"), key: key_b58.clone() }],
+            &[murmur_mixnode::config::AuthorityPin {
+                addr: addr("127.0.0.1:7000"),
+                key: key_b58.clone(),
+            }],
             1,
         )
         .into_bytes(),
     );
-    add("configs", "mailbox", murmur_mailbox::EXAMPLE_CONFIG.as_bytes().to_vec());
+    add(
+        "configs",
+        "mailbox",
+        murmur_mailbox::EXAMPLE_CONFIG.as_bytes().to_vec(),
+    );
     let network = murmur_client::network::NetworkConfig {
         threshold: 1,
         authorities: vec![murmur_client::network::AuthorityEntry {
@@ -460,7 +613,11 @@ link_delay = \"0.002..0.020\"\nduration = 120\nwarmup = 20\n\n[[sweep]]\nparam =
 values = [0.01, 0.02, 0.05]\n\n[[sweep]]\nparam = \"compromised\"\nvalues = [0.0, 0.1]\n"
             .to_vec(),
     );
-    add("configs", "sweep_flags", b"mean-delay=0.01,0.02\nlink-delay=0.001..0.002\n".to_vec());
+    add(
+        "configs",
+        "sweep_flags",
+        b"mean-delay=0.01,0.02\nlink-delay=0.001..0.002\n".to_vec(),
+    );
 
     out
 }

@@ -120,7 +120,11 @@ fn every_target_survives_its_corpus_regressions_and_generated_inputs() {
         total += n;
         eprintln!("{name}: {n} generated inputs in {:?}", start.elapsed());
     }
-    assert!(by_target.is_empty(), "seeds for unknown targets: {:?}", by_target.keys());
+    assert!(
+        by_target.is_empty(),
+        "seeds for unknown targets: {:?}",
+        by_target.keys()
+    );
     eprintln!("{total} generated inputs in all");
 }
 
@@ -131,7 +135,10 @@ fn structured_sphinx_inputs_reach_delivery() {
     let delivered = (0..200u64)
         .filter(|i| murmur_fuzz::sphinx_structured_delivers(&pseudo_random(*i, 600)))
         .count();
-    assert!(delivered >= 10, "only {delivered} of 200 inputs were delivered");
+    assert!(
+        delivered >= 10,
+        "only {delivered} of 200 inputs were delivered"
+    );
 }
 
 /// The structure-aware modes repeat some of the crates' internal steps
@@ -186,7 +193,10 @@ fn the_http_target_serves_real_requests() {
     let first = status(murmur_fuzz::mailbox_http_exchange(&create));
     let again = status(murmur_fuzz::mailbox_http_exchange(&create));
     // Another test may have sent the seed first in this process.
-    assert!(first == "HTTP/1.1 200" || first == "HTTP/1.1 409", "{first}");
+    assert!(
+        first == "HTTP/1.1 200" || first == "HTTP/1.1 409",
+        "{first}"
+    );
     assert_eq!(again, "HTTP/1.1 409");
     let missing = status(murmur_fuzz::mailbox_http_exchange(
         b"GET /nope HTTP/1.1\r\nhost: m\r\n\r\n",
