@@ -715,7 +715,9 @@ fn round_trip<T: PartialEq + std::fmt::Debug>(
 /// `Invitation::parse` on the input as text (lossily decoded if it is not
 /// UTF-8), and on `murmur-invite:` followed by the base58 of the input (so
 /// the checksum and postcard layers see arbitrary bytes). Mode byte odd: the
-/// input is an invitation body and gets a valid checksum first.
+/// input is an invitation body and gets a valid checksum first. The text
+/// also goes to the other base58 parsers a user meets (identity keys, node
+/// and queue ids), which must round-trip what they accept.
 pub fn invitation(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         check_invitation(text);
@@ -736,6 +738,17 @@ pub fn invitation(data: &[u8]) {
 }
 
 fn check_invitation(text: &str) {
+    // The other strings a user pastes: ids and keys in base58.
+    if let Ok(k) = IdentityKey::from_base58(text.trim()) {
+        assert_eq!(IdentityKey::from_base58(&k.to_base58()).ok(), Some(k));
+    }
+    if let Ok(id) = text.trim().parse::<murmur_wire::NodeId>() {
+        assert_eq!(id.to_base58().parse::<murmur_wire::NodeId>().ok(), Some(id));
+    }
+    if let Ok(q) = text.trim().parse::<murmur_wire::QueueId>() {
+        assert_eq!(q.to_base58().parse::<murmur_wire::QueueId>().ok(), Some(q));
+    }
+
     if let Ok(inv) = Invitation::parse(text) {
         assert!(murmur_client::invite::check_name(&inv.name).is_ok());
         match inv.to_text().map(|t| Invitation::parse(&t)) {

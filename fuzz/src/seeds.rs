@@ -498,6 +498,16 @@ pub fn all() -> Vec<Seed> {
     let inv_body = ok(postcard::to_stdvec(&inv), "invitation body");
     add("invitation", "body_with_checksum", with_mode(1, &inv_body));
     add("invitation", "prefix_only", b"murmur-invite:".to_vec());
+    add(
+        "invitation",
+        "identity_key",
+        keys::authority_identity(1).to_base58().into_bytes(),
+    );
+    add(
+        "invitation",
+        "node_id",
+        keys::node_identity(3).node_id().to_base58().into_bytes(),
+    );
     add("invitation", "not_base58", b"murmur-invite:0OIl".to_vec());
 
     // client_fragments.
