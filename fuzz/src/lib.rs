@@ -168,6 +168,68 @@ struct SphinxCase {
     seed: [u8; 32],
     /// Byte flips: (hop at which to apply, position, xor mask).
     mutations: Vec<(u8, u16, u8)>,
+    /// Build the forward packet with `sphinx-packet` directly, as a hostile
+    /// client can: any header version, any hop addresses, any identifier.
+    raw: Option<RawSphinx>,
+}
+
+/// What a hostile client can choose that `build_forward_packet` does not
+/// let it.
+#[derive(Arbitrary, Debug)]
+struct RawSphinx {
+    version: u16,
+    /// Per hop: the address written in the header instead of the node id.
+    addresses: Vec<Option<[u8; 32]>>,
+    identifier: [u8; 16],
+    secret: [u8; 32],
+}
+
+/// Builds a forward packet with `sphinx-packet`'s own builder.
+fn build_raw(
+    raw: &RawSphinx,
+    route: &Route,
+    destination: [u8; 32],
+    plaintext: &[u8],
+) -> Option<Packet> {
+    use sphinx_packet::route::{DestinationAddressBytes, Node as SphinxNode, NodeAddressBytes};
+    let nodes: Vec<SphinxNode> = route
+        .hops()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let addr = raw
+                .addresses
+                .get(i)
+                .copied()
+                .flatten()
+                .unwrap_or(h.id.to_bytes());
+            SphinxNode::new(
+                NodeAddressBytes::from_bytes(addr),
+                x25519_dalek::PublicKey::from(h.key.0),
+            )
+        })
+        .collect();
+    let delays: Vec<_> = route
+        .delays()
+        .iter()
+        .map(|d| {
+            sphinx_packet::header::delays::Delay::new_from_nanos(
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    let dest = sphinx_packet::route::Destination::new(
+        DestinationAddressBytes::from_bytes(destination),
+        raw.identifier,
+    );
+    let secret = x25519_dalek::StaticSecret::from(raw.secret);
+    let packet = sphinx_packet::SphinxPacketBuilder::new()
+        .with_version(sphinx_packet::version::Version(raw.version))
+        .with_payload_size(SPHINX_PAYLOAD_SIZE)
+        .with_initial_secret(&secret)
+        .build_packet(plaintext, &nodes, &dest, &delays)
+        .ok()?;
+    Packet::from_bytes(Bytes::from(packet.to_bytes())).ok()
 }
 
 /// Structure-aware Sphinx: builds a real packet (forward, or a reply through
@@ -208,6 +270,42 @@ pub fn sphinx_structured_delivers(data: &[u8]) -> bool {
     let mut rng = ChaCha20Rng::from_seed(case.seed);
     let destination = Destination(case.destination);
     let plaintext = &case.plaintext;
+    // A raw packet is processed by the nodes of its route in order, whatever
+    // addresses its header names; nothing is promised about the outcome.
+    if let Some(raw) = &case.raw {
+        let Some(mut packet) = build_raw(raw, &route, case.destination, plaintext) else {
+            return false;
+        };
+        let order: Vec<usize> = case
+            .hops
+            .iter()
+            .map(|i| usize::from(*i) % nodes.len())
+            .collect();
+        for (hop, node) in order.iter().enumerate().take(route.hops().len()) {
+            for (_, pos, mask) in case.mutations.iter().filter(|m| usize::from(m.0) == hop) {
+                let mut bytes = packet.as_bytes().to_vec();
+                bytes[usize::from(*pos) % PACKET_SIZE] ^= mask;
+                let Ok(p) = Packet::from_bytes(Bytes::from(bytes)) else {
+                    panic!("a packet-sized buffer was refused");
+                };
+                packet = p;
+            }
+            let Ok(unwrapped) = nodes[*node].ring.unwrap(&packet) else {
+                return false;
+            };
+            match unwrapped.finish() {
+                Ok(Processed::Forward { packet: next, .. }) => packet = next,
+                Ok(Processed::Final { delivery, .. }) => {
+                    if let Delivery::Forward { plaintext: p } = delivery {
+                        let _ = FinalPayload::parse(&p);
+                    }
+                    return false;
+                }
+                Err(_) => return false,
+            }
+        }
+        return false;
+    }
     let (first, mut packet, recovery) = if case.reply {
         let id = SurbId::from_bytes(case.surb_id);
         let (surb, recovery) = match build_surb(&mut rng, &route, destination, id) {
