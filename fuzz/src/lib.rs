@@ -46,7 +46,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tokio_util::codec::Decoder;
 
-pub use mailbox_http::{mailbox_http, mailbox_http_exchange};
+pub use mailbox_http::{mailbox_counts, mailbox_http, mailbox_http_exchange};
 
 /// A target's body.
 pub type Target = fn(&[u8]);
@@ -438,8 +438,10 @@ pub fn sphinx_structured_delivers(data: &[u8]) -> bool {
 /// Final-hop payloads and reply material: `FinalPayload::parse`,
 /// `Ack::parse`, `Surb::from_bytes` (and, for one that parses,
 /// `into_packet` and processing at its first hop), `SurbRecovery::from_bytes`
-/// and `open` of the input cut or padded to a sealed payload. Whatever
-/// parses must re-encode to the same value.
+/// and `open` of the input cut or padded to a sealed payload; then the
+/// mailbox provider's whole final-hop path on the input (see
+/// `mailbox_http::mailbox_final`). Whatever parses must re-encode to the
+/// same bytes.
 pub fn final_payload(data: &[u8]) {
     if let Ok(p) = FinalPayload::parse(data) {
         let again = p.encode();
@@ -469,6 +471,7 @@ pub fn final_payload(data: &[u8]) {
             }
         }
     }
+    mailbox_http::mailbox_final(data);
     if let Ok(rec) = SurbRecovery::from_bytes(data) {
         let _ = rec.id();
         let again = rec.to_bytes();

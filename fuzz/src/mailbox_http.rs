@@ -17,7 +17,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use murmur_directory::clock::Clock;
-use murmur_mailbox::{Api, ApiConfig, Metrics, Quota, RedbStore};
+use murmur_mailbox::{Api, ApiConfig, Mailbox, Metrics, PacketSink, Quota, RedbStore, Store};
+use murmur_wire::{Delivery, Destination, NodeId, PACKET_SIZE, Packet, QueueId, SurbId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::keys;
@@ -32,9 +33,21 @@ impl Clock for FixedClock {
     }
 }
 
+/// Where the provider's acknowledgements go: checked and dropped.
+#[derive(Debug)]
+struct CheckSink;
+
+impl PacketSink for CheckSink {
+    fn send(&self, _first_hop: NodeId, packet: Packet) -> bool {
+        assert_eq!(packet.as_bytes().len(), PACKET_SIZE);
+        true
+    }
+}
+
 struct State {
     runtime: tokio::runtime::Runtime,
     api: Arc<Api>,
+    mailbox: Mailbox,
     _dir: tempfile::TempDir,
 }
 
@@ -48,13 +61,23 @@ fn state() -> &'static State {
         let store = match RedbStore::open(
             &dir.path().join("mailbox.redb"),
             Quota {
-                max_messages: 64,
-                max_bytes: 1 << 20,
+                max_messages: 4096,
+                max_bytes: 16 << 20,
             },
         ) {
-            Ok(s) => s,
+            Ok(s) => Arc::new(s),
             Err(e) => panic!("could not open the store: {e}"),
         };
+        // The fixed queue, owned by the fixed owner: deposits to it are
+        // stored, and the seeded owner requests find it.
+        if let Err(e) = store.create_queue(
+            &QueueId::from_bytes(keys::QUEUE),
+            &keys::owner_identity(),
+            keys::NOW,
+            u64::MAX,
+        ) {
+            panic!("could not create the fixed queue: {e}");
+        }
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -62,10 +85,25 @@ fn state() -> &'static State {
             Ok(r) => r,
             Err(e) => panic!("no tokio runtime: {e}"),
         };
+        let metrics = Arc::new(Metrics::new());
+        let mailbox = {
+            let _guard = runtime.enter();
+            match Mailbox::start(
+                store.clone(),
+                Arc::new(CheckSink),
+                Arc::new(FixedClock),
+                murmur_mailbox::WriterConfig::default(),
+                metrics.clone(),
+            ) {
+                // The writer thread lives as long as the process.
+                Ok((m, _thread)) => m,
+                Err(e) => panic!("could not start the mailbox: {e}"),
+            }
+        };
         let api = Arc::new(Api::new(
-            Arc::new(store),
+            store,
             Arc::new(FixedClock),
-            Arc::new(Metrics::new()),
+            metrics,
             ApiConfig {
                 max_queues: 64,
                 nonce_cache_capacity: 1024,
@@ -74,6 +112,7 @@ fn state() -> &'static State {
         State {
             runtime,
             api,
+            mailbox,
             _dir: dir,
         }
     })
@@ -131,4 +170,42 @@ pub fn mailbox_http_exchange(data: &[u8]) -> Vec<u8> {
         }
         out
     })
+}
+
+/// The mailbox provider's final-hop path, `Mailbox::handle_final`, on the
+/// input as a forward payload and as a reply to the fixed queue: parsing,
+/// storing through the writer thread, and for a stored deposit, the
+/// acknowledgement through its SURB (into a sink that checks it). Shares
+/// the store with [`mailbox_http`], whose seeded owner requests fetch and
+/// acknowledge what lands here.
+pub(crate) fn mailbox_final(data: &[u8]) {
+    let st = state();
+    let queue = Destination(keys::QUEUE);
+    st.runtime.block_on(async {
+        st.mailbox.handle_final(
+            queue,
+            Delivery::Forward {
+                plaintext: data.to_vec(),
+            },
+        );
+        st.mailbox.handle_final(
+            queue,
+            Delivery::Reply {
+                surb_id: SurbId::from_bytes([1; 16]),
+                sealed: data.to_vec(),
+            },
+        );
+        // Let earlier deposits' acknowledgement tasks run.
+        tokio::task::yield_now().await;
+    });
+}
+
+/// Deposits stored (or found duplicate) and acknowledgements sent so far by
+/// the process-wide provider (for the smoke test).
+pub fn mailbox_counts() -> (u64, u64) {
+    let m = state().mailbox.metrics();
+    (
+        m.deposits("stored") + m.deposits("duplicate"),
+        m.acks_sent(),
+    )
 }

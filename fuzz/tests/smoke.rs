@@ -203,3 +203,30 @@ fn the_http_target_serves_real_requests() {
     ));
     assert_eq!(missing, "HTTP/1.1 404");
 }
+
+/// `final_payload` reaches the provider's whole final-hop path: a seeded
+/// deposit is stored and acknowledged through its SURB, and the seeded
+/// owner fetch over HTTP then finds the queue.
+#[test]
+fn the_final_hop_path_stores_and_acknowledges_deposits() {
+    let deposit = seeds::all()
+        .into_iter()
+        .find(|(t, n, _)| *t == "final_payload" && n == "deposit")
+        .unwrap()
+        .2;
+    murmur_fuzz::final_payload(&deposit);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // Each exchange drives the runtime the acknowledgement task runs on.
+        let _ = murmur_fuzz::mailbox_http_exchange(b"GET /healthz HTTP/1.1\r\nhost: m\r\n\r\n");
+        let (stored, acked) = murmur_fuzz::mailbox_counts();
+        if stored >= 1 && acked >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deposit not stored and acknowledged: {stored} stored, {acked} acks"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
