@@ -605,7 +605,17 @@ pub fn all() -> Vec<Seed> {
     add(
         "configs",
         "mailbox",
-        murmur_mailbox::EXAMPLE_CONFIG.as_bytes().to_vec(),
+        murmur_mailbox::example_config(&murmur_mailbox::ExampleOptions {
+            public_addr: Some(addr("192.0.2.1:9001")),
+            http_public_addr: Some(addr("192.0.2.1:9002")),
+            authorities: vec![murmur_mixnode::config::AuthorityPin {
+                addr: addr("127.0.0.1:7000"),
+                key: key_b58.clone(),
+            }],
+            threshold: 1,
+            ..murmur_mailbox::ExampleOptions::default()
+        })
+        .into_bytes(),
     );
     let network = murmur_client::network::NetworkConfig {
         threshold: 1,
