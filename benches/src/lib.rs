@@ -307,6 +307,17 @@ pub fn bench_params(mean_delay: Duration, max_delay: Duration) -> NetworkParams 
     }
 }
 
+/// A TCP listener on a free loopback port, registered with `harness` (the
+/// runtime that will serve it, which need not be the caller's).
+pub fn loopback_listener(
+    harness: &tokio::runtime::Handle,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let _in = harness.enter();
+    let std = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(std)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

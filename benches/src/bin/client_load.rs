@@ -48,7 +48,6 @@ use murmur_wire::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio_util::codec::FramedRead;
 
 #[derive(Parser, Debug)]
@@ -213,12 +212,7 @@ async fn run(args: Args, harness: tokio::runtime::Handle) -> anyhow::Result<()> 
     let mut rng = ChaCha20Rng::seed_from_u64(3);
 
     // The sink: the first mix layer.
-    let sink = {
-        let _in = harness.enter();
-        let std = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std.set_nonblocking(true)?;
-        TcpListener::from_std(std)?
-    };
+    let sink = murmur_benches::loopback_listener(&harness)?;
     let sink_addr = sink.local_addr()?;
     let arrivals: Arc<Vec<AtomicU64>> =
         Arc::new((0..args.packets * 2).map(|_| AtomicU64::new(0)).collect());

@@ -248,12 +248,7 @@ async fn start_node(
     track: &Arc<Track>,
     harness: &tokio::runtime::Handle,
 ) -> anyhow::Result<Node> {
-    let sink = {
-        let _in = harness.enter();
-        let std = std::net::TcpListener::bind("127.0.0.1:0")?;
-        std.set_nonblocking(true)?;
-        TcpListener::from_std(std)?
-    };
+    let sink = murmur_benches::loopback_listener(harness)?;
     let sink_addr = sink.local_addr()?;
     spawn_sink(sink, pool.clone(), track.clone(), harness);
     let params = bench_params(
