@@ -177,56 +177,87 @@ fn pop_ready(inner: &Inner) -> Option<(MessageId, u32)> {
     None
 }
 
-/// Sends one real packet (a try of fragment `key`).
-async fn send_real(inner: &Arc<Inner>, consensus: Arc<VerifiedConsensus>, key: (MessageId, u32)) {
+/// Most real packets built in one hand-off to the blocking pool (when
+/// packets leave as soon as they are queued): one hand-off per packet cost
+/// two thread wake-ups each, about 7 % of a client's CPU.
+const BUILD_BATCH: usize = 16;
+
+/// Sends one real packet for each fragment in `keys` (a try of each).
+async fn send_real(
+    inner: &Arc<Inner>,
+    consensus: Arc<VerifiedConsensus>,
+    keys: Vec<(MessageId, u32)>,
+) {
     let timeout = ack_timeout(inner, &consensus);
-    let (dest, avoid) = {
+    let avoid = {
         let mut st = inner.lock_state();
         // Forget mixes that left the network, so these maps stay small.
         st.suspicion.retain(|id, _| consensus.node(id).is_some());
         st.proven.retain(|id, _| consensus.node(id).is_some());
-        (st.dests.get(&key.0).copied(), suspects(&st, &consensus))
+        suspects(&st, &consensus)
     };
-    let frag = match inner.store.out_fragment(&key.0, key.1) {
-        Ok(Some(f)) if !f.acked => f,
-        Ok(_) => {
+    let mut prepared = Vec::with_capacity(keys.len());
+    for key in keys {
+        let dest = inner.lock_state().dests.get(&key.0).copied();
+        let frag = match inner.store.out_fragment(&key.0, key.1) {
+            Ok(Some(f)) if !f.acked => f,
+            Ok(_) => {
+                inner.lock_state().frags.remove(&key);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read an outgoing fragment; will retry");
+                retry_later(inner, key, Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Some(dest) = dest else {
             inner.lock_state().frags.remove(&key);
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read an outgoing fragment; will retry");
-            retry_later(inner, key, Duration::from_secs(1));
-            return;
-        }
-    };
-    let Some(dest) = dest else {
-        inner.lock_state().frags.remove(&key);
+            continue;
+        };
+        prepared.push((key, dest, frag));
+    }
+    if prepared.is_empty() {
         return;
-    };
+    }
     let home = inner.profile.home_provider;
     let ack_queue = inner.profile.ack_queue.queue;
     let built = tokio::task::spawn_blocking(move || {
-        let body = body_array(&frag.body)?;
-        build_real(
-            &consensus,
-            &avoid,
-            home,
-            ack_queue,
-            dest,
-            frag.deposit_id,
-            body,
-        )
+        prepared
+            .into_iter()
+            .map(|(key, dest, frag)| {
+                let built = body_array(&frag.body).and_then(|body| {
+                    build_real(
+                        &consensus,
+                        &avoid,
+                        home,
+                        ack_queue,
+                        dest,
+                        frag.deposit_id,
+                        body,
+                    )
+                });
+                (key, built)
+            })
+            .collect::<Vec<_>>()
     })
     .await;
-    let built = match built {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "could not build a packet; will retry");
-            retry_later(inner, key, timeout);
-            return;
-        }
-        Err(_) => return,
+    let Ok(built) = built else {
+        return;
     };
+    for (key, built) in built {
+        match built {
+            Ok(b) => send_built(inner, key, b, timeout),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not build a packet; will retry");
+                retry_later(inner, key, timeout);
+            }
+        }
+    }
+}
+
+/// Records a built try of fragment `key` and hands it to its link.
+fn send_built(inner: &Inner, key: (MessageId, u32), built: Built, timeout: Duration) {
     let first_try;
     {
         let mut st = inner.lock_state();
@@ -339,8 +370,14 @@ pub(crate) async fn send_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
             if loop_due && let Some((_, Stream::Loop)) = sched.pop(&mut rng) {
                 send_cover(&inner, consensus.clone(), true).await;
             }
-            while let Some(key) = pop_ready(&inner) {
-                send_real(&inner, consensus.clone(), key).await;
+            loop {
+                let keys: Vec<_> = std::iter::from_fn(|| pop_ready(&inner))
+                    .take(BUILD_BATCH)
+                    .collect();
+                if keys.is_empty() {
+                    break;
+                }
+                send_real(&inner, consensus.clone(), keys).await;
                 if shutdown.is_cancelled() {
                     return;
                 }
@@ -355,7 +392,7 @@ pub(crate) async fn send_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
             }
             match sched.pop(&mut rng) {
                 Some((_, Stream::Send)) => match pop_ready(&inner) {
-                    Some(key) => send_real(&inner, consensus, key).await,
+                    Some(key) => send_real(&inner, consensus, vec![key]).await,
                     None => send_cover(&inner, consensus, false).await,
                 },
                 Some((_, Stream::Loop)) => send_cover(&inner, consensus, true).await,
