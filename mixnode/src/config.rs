@@ -328,7 +328,7 @@ grace_secs = {grace}
 ahead_epochs = {ahead}
 
 [engine]
-# Unwrap worker threads; 0 = one per core.
+# Unwrap worker threads; 0 = one per core, plus one.
 workers = {workers}
 # Inbound connections served at once (more wait in the backlog).
 max_connections = {max_connections}

@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
                 )
                 .init();
             // The Sphinx work runs on the engine's own worker threads (one
-            // per core); the runtime only does I/O, which costs about a
+            // per core, plus one); the runtime only does I/O, which costs about a
             // tenth of the crypto per packet: a quarter of the cores is
             // plenty, and fewer threads compete less with the workers.
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

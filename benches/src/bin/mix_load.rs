@@ -83,7 +83,7 @@ struct Args {
     /// Packets in flight at most in the capacity run.
     #[arg(long, default_value_t = 256)]
     window: u64,
-    /// Unwrap workers of the node (0: one per core, the default).
+    /// Unwrap workers of the node (0: one per core plus one, the default).
     #[arg(long, default_value_t = 0)]
     workers: usize,
     /// I/O runtime threads of the node (default: a quarter of the cores, as
