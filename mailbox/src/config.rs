@@ -474,6 +474,7 @@ impl Config {
 pub(crate) fn node_config(e: murmur_mixnode::Error) -> Error {
     match e {
         murmur_mixnode::Error::Config(msg) => Error::ConfigValue(msg),
+        murmur_mixnode::Error::Directory { source, .. } => Error::Directory { source },
         other => Error::Node {
             what: "invalid configuration",
             source: Box::new(other),

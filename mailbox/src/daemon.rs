@@ -24,8 +24,8 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use http::StatusCode;
 use murmur_directory::clock::Clock;
-use murmur_directory::http::{HttpClient, spawn_server};
-use murmur_directory::{AuthorityEndpoint, DirectoryClient, spawn_follower};
+use murmur_directory::http::spawn_server;
+use murmur_directory::{DirectoryClient, spawn_follower};
 use murmur_mixnode::engine::{Engine, EngineConfig, EngineHandle, EngineStats, Outbound, Topology};
 use murmur_mixnode::keys::{KeyManager, spawn_rotation};
 use murmur_mixnode::registration::{RegistrationMetrics, WatchTopology, spawn_registration};
@@ -190,26 +190,7 @@ pub async fn start_mailbox(
     shutdown: CancellationToken,
 ) -> Result<MailboxHandle> {
     config.validate()?;
-    let endpoints: Vec<AuthorityEndpoint> = config
-        .directory
-        .pins()
-        .map_err(node_config)?
-        .into_iter()
-        .map(|(addr, key)| AuthorityEndpoint { addr, key })
-        .collect();
-    if endpoints.is_empty() {
-        return Err(Error::ConfigValue(
-            "no directory authorities: add [[directory.authorities]]".into(),
-        ));
-    }
-    let client = DirectoryClient::new(
-        endpoints,
-        config.directory.threshold,
-        HttpClient::new(Duration::from_millis(config.directory.request_timeout_ms)),
-    )
-    .map_err(|source| Error::Directory {
-        source: Box::new(source),
-    })?;
+    let client = config.directory.client().map_err(node_config)?;
     let shutdown = shutdown.child_token();
     let watch = spawn_follower(client.clone(), clock.clone(), shutdown.clone());
     start(

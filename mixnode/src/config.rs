@@ -3,7 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use murmur_directory::http::HttpClient;
+use murmur_directory::{AuthorityEndpoint, DirectoryClient};
 use murmur_wire::IdentityKey;
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +114,31 @@ impl DirectorySettings {
                     .map_err(|e| Error::Config(format!("directory authority {}: key: {e}", a.addr)))
             })
             .collect()
+    }
+
+    /// The directory client a node follows the consensus with (and
+    /// registers through): the pinned authorities, the threshold and the
+    /// request timeout. At least one authority is required.
+    pub fn client(&self) -> Result<DirectoryClient> {
+        let endpoints: Vec<AuthorityEndpoint> = self
+            .pins()?
+            .into_iter()
+            .map(|(addr, key)| AuthorityEndpoint { addr, key })
+            .collect();
+        if endpoints.is_empty() {
+            return Err(Error::Config(
+                "no directory authorities: add [[directory.authorities]]".into(),
+            ));
+        }
+        DirectoryClient::new(
+            endpoints,
+            self.threshold,
+            HttpClient::new(Duration::from_millis(self.request_timeout_ms)),
+        )
+        .map_err(|source| Error::Directory {
+            what: "could not set up the directory client",
+            source: Box::new(source),
+        })
     }
 
     /// Checks the settings (an empty list is allowed here; a node that

@@ -8,8 +8,8 @@ use std::time::Duration;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use murmur_directory::clock::Clock;
-use murmur_directory::http::{HttpClient, ServerLimits, metrics, spawn_server, text};
-use murmur_directory::{AuthorityEndpoint, DirectoryClient, spawn_follower};
+use murmur_directory::http::{ServerLimits, metrics, spawn_server, text};
+use murmur_directory::spawn_follower;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::policy::epoch_at;
 use murmur_wire::{IdentityKey, NodeId, SignedDescriptor};
@@ -109,26 +109,7 @@ pub async fn start_mixnode(
     shutdown: CancellationToken,
 ) -> Result<MixNodeHandle> {
     config.validate()?;
-    let endpoints: Vec<AuthorityEndpoint> = config
-        .directory
-        .pins()?
-        .into_iter()
-        .map(|(addr, key)| AuthorityEndpoint { addr, key })
-        .collect();
-    if endpoints.is_empty() {
-        return Err(Error::Config(
-            "no directory authorities: add [[directory.authorities]]".into(),
-        ));
-    }
-    let client = DirectoryClient::new(
-        endpoints,
-        config.directory.threshold,
-        HttpClient::new(Duration::from_millis(config.directory.request_timeout_ms)),
-    )
-    .map_err(|source| Error::Directory {
-        what: "could not set up the directory client",
-        source: Box::new(source),
-    })?;
+    let client = config.directory.client()?;
     // A token of our own: a failed start stops what it started without
     // cancelling the caller's token (devnet shares one between nodes).
     let shutdown = shutdown.child_token();
