@@ -8,6 +8,7 @@ pub mod config;
 pub mod consensus;
 mod error;
 pub mod http;
+pub mod keyfile;
 mod metrics;
 mod store;
 

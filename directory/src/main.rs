@@ -128,27 +128,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("could not read {}", path.display()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), "key file is readable by other users; chmod 600 it");
-        }
-    }
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("could not read {}", path.display()))?,
-    );
-    let mut seed = Zeroizing::new([0u8; 32]);
-    let n = bs58::decode(text.trim())
-        .onto(&mut seed[..])
-        .map_err(|_| anyhow::anyhow!("{} is not a base58 key", path.display()))?;
-    if n != 32 {
-        bail!("{} does not hold a 32-byte key", path.display());
-    }
-    Ok(SigningKey::from_bytes(&seed))
+    murmur_directory::keyfile::read_signing_key(path)
+        .with_context(|| format!("could not read the key file {}", path.display()))
 }
 
 async fn run(config_path: &Path) -> anyhow::Result<()> {

@@ -628,21 +628,18 @@ fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<()> {
 /// Reads an identity key file written by [`init_dir`] (base58 of the
 /// 32-byte Ed25519 secret key).
 pub fn load_identity(path: &Path) -> Result<SigningKey> {
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| Error::File {
-        action: "read",
-        path: path.to_path_buf(),
-        source,
-    })?);
-    let mut bytes = Zeroizing::new([0u8; 32]);
-    let bad = |reason| Error::KeyFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let n = bs58::decode(text.trim())
-        .onto(&mut bytes[..])
-        .map_err(|_| bad("not base58 of 32 bytes"))?;
-    if n != 32 {
-        return Err(bad("not base58 of 32 bytes"));
-    }
-    Ok(SigningKey::from_bytes(&bytes))
+    murmur_directory::keyfile::read_signing_key(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::InvalidData {
+            Error::KeyFile {
+                path: path.to_path_buf(),
+                reason: "not base58 of 32 bytes",
+            }
+        } else {
+            Error::File {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
 }

@@ -183,26 +183,8 @@ fn write_identity(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
 }
 
 fn load_identity(path: &Path) -> anyhow::Result<SigningKey> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("could not read {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(
-            path = %path.display(),
-            "the identity key is readable by others; chmod 600 it"
-        );
-    }
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("could not read {}", path.display()))?,
-    );
-    let mut seed = Zeroizing::new([0u8; 32]);
-    let n = bs58::decode(text.trim())
-        .onto(&mut seed[..])
-        .map_err(|_| anyhow::anyhow!("{}: not a base58 Ed25519 seed", path.display()))?;
-    if n != 32 {
-        bail!("{}: an Ed25519 seed is 32 bytes, found {n}", path.display());
-    }
-    Ok(SigningKey::from_bytes(&seed))
+    murmur_directory::keyfile::read_signing_key(path)
+        .with_context(|| format!("could not read the identity key {}", path.display()))
 }
 
 async fn run(config_path: &Path) -> anyhow::Result<()> {
