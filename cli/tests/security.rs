@@ -30,7 +30,9 @@ use murmur_client::{Body, Client, ClientOptions};
 use murmur_directory::clock::{Clock, SystemClock};
 use murmur_directory::http::{HttpClient, POSTCARD};
 use murmur_wire::ed25519_dalek::SigningKey;
-use murmur_wire::mailbox::{FetchResponse, OwnerOp, OwnerRequest, SignedOwnerRequest};
+use murmur_wire::mailbox::{
+    MAILBOX_API_VERSION, OwnerOp, OwnerRequest, OwnerResponse, SignedOwnerRequest,
+};
 use murmur_wire::{IdentityKey, QueueId};
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +58,7 @@ fn client_options() -> ClientOptions {
 
 fn signed(key: &SigningKey, queue: QueueId, op: OwnerOp, timestamp: u64, nonce: u8) -> Bytes {
     let req = OwnerRequest {
-        version: 1,
+        version: MAILBOX_API_VERSION,
         queue,
         op,
         timestamp,
@@ -151,7 +153,9 @@ async fn only_the_owner_reads_or_deletes_a_queue_and_requests_do_not_replay() {
     };
     for (n, op) in [
         fetch.clone(),
-        OwnerOp::Ack { up_to: u64::MAX },
+        OwnerOp::Delete {
+            seqs: (1..=256).collect(),
+        },
         OwnerOp::DeleteQueue,
     ]
     .into_iter()
@@ -168,7 +172,15 @@ async fn only_the_owner_reads_or_deletes_a_queue_and_requests_do_not_replay() {
         .await
         .unwrap();
     assert_eq!(status.as_u16(), 200);
-    assert_eq!(FetchResponse::from_bytes(&body).unwrap().entries.len(), 2);
+    assert_eq!(
+        OwnerResponse::from_bytes(&body)
+            .unwrap()
+            .fetched()
+            .unwrap()
+            .entries
+            .len(),
+        2
+    );
     let (status, reason) = post(genuine).await;
     assert_eq!(status, 409, "{reason}");
     assert!(reason.contains("replayed"), "{reason}");

@@ -251,7 +251,10 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     pub(crate) files_dir: PathBuf,
     /// One fetch round at a time (the background loop and `fetch_now`).
-    pub(crate) fetch_lock: tokio::sync::Mutex<()>,
+    /// One fetch round at a time; holds each queue's cursor: the entries
+    /// up to it were seen and either deleted or left (they could not be
+    /// opened: never deleted, they expire at the provider).
+    pub(crate) fetch_lock: tokio::sync::Mutex<HashMap<QueueId, u64>>,
 }
 
 impl Inner {
@@ -450,7 +453,7 @@ impl Client {
             incoming,
             counters: Counters::default(),
             files_dir: home.join("files"),
-            fetch_lock: tokio::sync::Mutex::new(()),
+            fetch_lock: tokio::sync::Mutex::new(HashMap::new()),
         });
         tracker.spawn(send::send_loop(inner.clone(), shutdown.clone()));
         tracker.spawn(send::retransmit_loop(inner.clone(), shutdown.clone()));

@@ -108,6 +108,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// The mailbox provider's answer does not answer the request sent (it
+    /// names another request, or is of the wrong kind): refused, nothing
+    /// acted on.
+    #[error("the mailbox's answer to {op} does not match the request")]
+    Unbound {
+        /// What was asked.
+        op: &'static str,
+    },
+
     /// A message could not be delivered within its tries.
     #[error("message could not be delivered after {tries} tries per packet")]
     SendFailed {

@@ -1,7 +1,7 @@
 //! The client side of the mailbox fetch API (docs/protocol.md §6): create a
-//! queue with a fresh owner key, fetch, acknowledge (delete), delete a queue.
+//! queue with a fresh owner key, fetch, delete entries, delete a queue.
 //! Every request is signed by the queue's own owner key and carries a fresh
-//! timestamp and nonce.
+//! timestamp and nonce; every answer must name the request it answers.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,9 +11,9 @@ use http::StatusCode;
 use murmur_directory::http::{HttpClient, POSTCARD};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::mailbox::{
-    AckResponse, CreateQueue, CreateQueueResponse, FetchResponse, MAILBOX_API_VERSION,
-    MAX_FETCH_LIMIT, MAX_RESPONSE_SIZE, OwnerOp, OwnerRequest, SignedCreateQueue,
-    SignedOwnerRequest,
+    CreateQueue, CreateQueueResponse, FetchResponse, MAILBOX_API_VERSION, MAX_DELETE,
+    MAX_FETCH_LIMIT, MAX_RESPONSE_SIZE, OwnerOp, OwnerReply, OwnerRequest, OwnerResponse,
+    RequestDigest, SignedCreateQueue, SignedOwnerRequest,
 };
 use murmur_wire::{IdentityKey, NodeId};
 use zeroize::Zeroizing;
@@ -91,10 +91,16 @@ impl MailboxApi {
             nonce,
         };
         let body = SignedCreateQueue::sign(&req, &key)?.to_bytes()?;
+        let digest = RequestDigest::of(&body);
         let resp = self
             .post(addr, "/v1/queues", body, "queue creation")
             .await?;
         let created = CreateQueueResponse::from_bytes(&resp)?;
+        if created.request != digest {
+            return Err(Error::Unbound {
+                op: "queue creation",
+            });
+        }
         Ok(OwnedQueue {
             provider,
             queue: created.queue,
@@ -109,7 +115,7 @@ impl MailboxApi {
         queue: &OwnedQueue,
         op: OwnerOp,
         what: &'static str,
-    ) -> Result<Bytes> {
+    ) -> Result<OwnerReply> {
         let key = SigningKey::from_bytes(&queue.owner_secret);
         let mut nonce = [0u8; 16];
         rng.fill_bytes(&mut nonce);
@@ -121,10 +127,17 @@ impl MailboxApi {
             nonce,
         };
         let body = SignedOwnerRequest::sign(&req, &key)?.to_bytes()?;
-        self.post(addr, "/v1/queue", body, what).await
+        let digest = RequestDigest::of(&body);
+        let resp = self.post(addr, "/v1/queue", body, what).await?;
+        let resp = OwnerResponse::from_bytes(&resp)?;
+        if resp.request != digest {
+            return Err(Error::Unbound { op: what });
+        }
+        Ok(resp.reply)
     }
 
-    /// Entries after sequence number `after`, a page at a time.
+    /// Entries after sequence number `after`, a page at a time. The page is
+    /// checked: increasing sequence numbers after `after`, no more than asked.
     pub async fn fetch<R: rand::CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
@@ -132,33 +145,39 @@ impl MailboxApi {
         queue: &OwnedQueue,
         after: u64,
     ) -> Result<FetchResponse> {
-        let resp = self
-            .owner_request(
-                rng,
-                addr,
-                queue,
-                OwnerOp::Fetch {
-                    after,
-                    limit: MAX_FETCH_LIMIT,
-                },
-                "fetch",
-            )
-            .await?;
-        Ok(FetchResponse::from_bytes(&resp)?)
+        let op = OwnerOp::Fetch {
+            after,
+            limit: MAX_FETCH_LIMIT,
+        };
+        match self.owner_request(rng, addr, queue, op, "fetch").await? {
+            OwnerReply::Fetched(page) => {
+                page.check(after, MAX_FETCH_LIMIT)?;
+                Ok(page)
+            }
+            _ => Err(Error::Unbound { op: "fetch" }),
+        }
     }
 
-    /// Deletes entries up to and including `up_to` (after storing them).
-    pub async fn ack<R: rand::CryptoRng + ?Sized>(
+    /// Deletes exactly the entries `seqs` (after storing them); at most
+    /// [`MAX_DELETE`] at once. Returns how many were there.
+    pub async fn delete<R: rand::CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         addr: SocketAddr,
         queue: &OwnedQueue,
-        up_to: u64,
+        seqs: &[u64],
     ) -> Result<u64> {
-        let resp = self
-            .owner_request(rng, addr, queue, OwnerOp::Ack { up_to }, "acknowledge")
-            .await?;
-        Ok(AckResponse::from_bytes(&resp)?.deleted)
+        let mut deleted = 0;
+        for chunk in seqs.chunks(MAX_DELETE) {
+            let op = OwnerOp::Delete {
+                seqs: chunk.to_vec(),
+            };
+            match self.owner_request(rng, addr, queue, op, "deletion").await? {
+                OwnerReply::Deleted { deleted: n } if n <= chunk.len() as u64 => deleted += n,
+                _ => return Err(Error::Unbound { op: "deletion" }),
+            }
+        }
+        Ok(deleted)
     }
 
     /// Deletes a queue and everything in it.
@@ -168,8 +187,14 @@ impl MailboxApi {
         addr: SocketAddr,
         queue: &OwnedQueue,
     ) -> Result<()> {
-        self.owner_request(rng, addr, queue, OwnerOp::DeleteQueue, "queue deletion")
-            .await?;
-        Ok(())
+        match self
+            .owner_request(rng, addr, queue, OwnerOp::DeleteQueue, "queue deletion")
+            .await?
+        {
+            OwnerReply::QueueDeleted => Ok(()),
+            _ => Err(Error::Unbound {
+                op: "queue deletion",
+            }),
+        }
     }
 }

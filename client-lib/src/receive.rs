@@ -42,7 +42,7 @@ pub(crate) async fn fetch_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
 
 /// One pass over every queue. Returns messages delivered.
 pub(crate) async fn fetch_round(inner: &Arc<Inner>) -> Result<u64> {
-    let _one_at_a_time = inner.fetch_lock.lock().await;
+    let mut cursors = inner.fetch_lock.lock().await;
     let mut delivered = 0;
     let mut first_error = None;
     let mut queues = vec![
@@ -53,7 +53,8 @@ pub(crate) async fn fetch_round(inner: &Arc<Inner>) -> Result<u64> {
         queues.push((QueueKind::Contact(c.name.clone()), c.inbox.clone()));
     }
     for (kind, queue) in queues {
-        match drain(inner, kind, &queue).await {
+        let cursor = cursors.entry(queue.queue).or_insert(0);
+        match drain(inner, kind, &queue, cursor).await {
             Ok(n) => delivered += n,
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -66,46 +67,77 @@ pub(crate) async fn fetch_round(inner: &Arc<Inner>) -> Result<u64> {
     }
 }
 
-async fn drain(inner: &Arc<Inner>, kind: QueueKind, queue: &OwnedQueue) -> Result<u64> {
+/// Fetches `queue` from after `cursor`, stores what arrived, then deletes
+/// exactly the entries dealt with. Entries that could not be opened are
+/// left at the provider (never deleted) and skipped by moving the cursor.
+async fn drain(
+    inner: &Arc<Inner>,
+    kind: QueueKind,
+    queue: &OwnedQueue,
+    cursor: &mut u64,
+) -> Result<u64> {
     let addr = inner.provider_http(&queue.provider)?;
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let mut delivered = 0;
     // Bounded: a queue holds at most its quota; stop after a generous number
     // of pages so one busy queue cannot starve the others.
     for _ in 0..64 {
-        let resp = inner.mailbox.fetch(&mut rng, addr, queue, 0).await?;
-        let Some(last) = resp.entries.last().map(|e| e.seq) else {
+        let resp = inner.mailbox.fetch(&mut rng, addr, queue, *cursor).await?;
+        if resp.entries.is_empty() {
             break;
-        };
+        }
         let job_inner = inner.clone();
         let job_kind = kind.clone();
-        let (n, done_upto) =
+        let outcome =
             tokio::task::spawn_blocking(move || process(&job_inner, &job_kind, resp.entries))
                 .await
                 .map_err(|_| Error::Closed)?;
-        delivered += n;
-        if done_upto > 0 {
-            inner.mailbox.ack(&mut rng, addr, queue, done_upto).await?;
+        delivered += outcome.delivered;
+        if !outcome.delete.is_empty() {
+            inner
+                .mailbox
+                .delete(&mut rng, addr, queue, &outcome.delete)
+                .await?;
         }
-        if done_upto < last || !resp.more {
+        let stopped_early = outcome.stopped_early;
+        if let Some(seen) = outcome.seen {
+            *cursor = seen;
+        }
+        if stopped_early || !resp.more {
             break;
         }
     }
     Ok(delivered)
 }
 
-/// Handles entries in order. Returns messages delivered and the last
-/// sequence number whose entry is dealt with (stored, or useless and
-/// dropped); processing stops at the first storage error so the entry is
-/// fetched again.
-fn process(inner: &Inner, kind: &QueueKind, entries: Vec<QueueEntry>) -> (u64, u64) {
-    let mut delivered = 0;
-    let mut done = 0;
+/// What [`process`] did with a page.
+struct Processed {
+    /// Messages delivered.
+    delivered: u64,
+    /// Entries dealt with (stored durably, or used): delete them.
+    delete: Vec<u64>,
+    /// The last entry looked at, if any: the new cursor.
+    seen: Option<u64>,
+    /// A storage error stopped processing: the rest is fetched again.
+    stopped_early: bool,
+}
+
+/// Handles entries in order. Entries that were stored or used are to be
+/// deleted; entries that could not be opened (garbage, a wrong key, an
+/// acknowledgement this client no longer tracks) are left alone. Processing
+/// stops at the first storage error, before the cursor passes the entry, so
+/// it is fetched again.
+fn process(inner: &Inner, kind: &QueueKind, entries: Vec<QueueEntry>) -> Processed {
+    let mut out = Processed {
+        delivered: 0,
+        delete: Vec::new(),
+        seen: None,
+        stopped_early: false,
+    };
     for entry in entries {
         let result = match (&kind, entry.item) {
             (QueueKind::Acks, QueueItem::Reply { surb_id, sealed }) => {
-                handle_ack(inner, &surb_id, &sealed);
-                Ok(false)
+                Ok(Dealt::from(handle_ack(inner, &surb_id, &sealed)))
             }
             (QueueKind::Loops, QueueItem::Loop { id }) => {
                 let mut st = inner.lock_state();
@@ -116,32 +148,57 @@ fn process(inner: &Inner, kind: &QueueKind, entries: Vec<QueueEntry>) -> (u64, u
                         .loops_returned
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(false)
+                // A loop carries nothing to open: ours, returned.
+                Ok(Dealt::Used)
             }
             (QueueKind::Contact(name), QueueItem::Deposit { body, .. }) => {
                 handle_deposit(inner, name, &body)
             }
             _ => {
                 inner.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
-                Ok(false)
+                Ok(Dealt::Unopened)
             }
         };
         match result {
-            Ok(true) => {
-                delivered += 1;
-                done = entry.seq;
+            Ok(dealt) => {
+                if dealt == Dealt::Delivered {
+                    out.delivered += 1;
+                }
+                if dealt != Dealt::Unopened {
+                    out.delete.push(entry.seq);
+                }
+                out.seen = Some(entry.seq);
             }
-            Ok(false) => done = entry.seq,
             Err(e) => {
                 tracing::warn!(error = %e, "could not store a fetched entry; will fetch it again");
+                out.stopped_early = true;
                 break;
             }
         }
     }
-    (delivered, done)
+    out
 }
 
-fn handle_ack(inner: &Inner, surb_id: &murmur_wire::SurbId, sealed: &[u8]) {
+/// What became of one fetched entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dealt {
+    /// It completed a message, now delivered and stored.
+    Delivered,
+    /// It was opened and stored or used (a fragment, an acknowledgement, a
+    /// loop, a duplicate of something stored).
+    Used,
+    /// It could not be opened: left at the provider.
+    Unopened,
+}
+
+impl From<bool> for Dealt {
+    fn from(opened: bool) -> Self {
+        if opened { Dealt::Used } else { Dealt::Unopened }
+    }
+}
+
+/// True if the acknowledgement opened (it was ours and is now used).
+fn handle_ack(inner: &Inner, surb_id: &murmur_wire::SurbId, sealed: &[u8]) -> bool {
     let pending = {
         let st = inner.lock_state();
         st.surbs.get(surb_id).map(|p| {
@@ -156,32 +213,39 @@ fn handle_ack(inner: &Inner, surb_id: &murmur_wire::SurbId, sealed: &[u8]) {
     };
     let Some((key, deposit_id, recovery, route, sent_at)) = pending else {
         // An acknowledgement for a try this client no longer tracks (after a
-        // restart, or a fragment acknowledged already): nothing to do.
-        return;
+        // restart, or a fragment acknowledged already): it cannot be opened,
+        // so it is left to expire at the provider.
+        return false;
     };
     match recovery.open(sealed).and_then(|p| Ack::parse(&p)) {
-        Ok(ack) if ack.id == deposit_id => on_acked(inner, key, &route, sent_at),
+        Ok(ack) if ack.id == deposit_id => {
+            on_acked(inner, key, &route, sent_at);
+            true
+        }
         _ => {
             inner.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
+            false
         }
     }
 }
 
-/// A deposit in a contact's inbox queue. `Ok(true)` if it completed a
-/// message that was delivered; crypto failures are counted and dropped
-/// (`Ok(false)`); storage failures are errors.
-fn handle_deposit(inner: &Inner, name: &str, body: &[u8]) -> Result<bool> {
+/// A deposit in a contact's inbox queue. A body that does not open under
+/// the contact's fragment key is counted and left ([`Dealt::Unopened`]);
+/// once it opened, the entry is the contact's and is used, even if the
+/// message it completes then fails to open (counted, discarded). Storage
+/// failures are errors.
+fn handle_deposit(inner: &Inner, name: &str, body: &[u8]) -> Result<Dealt> {
     let Some(contact) = inner.store.contact(name)? else {
-        return Ok(false);
+        return Ok(Dealt::Unopened);
     };
     let queue = contact.inbox.queue;
     let key = FragmentKey::derive(&contact.secret, &queue);
-    let bad = || {
+    let bad = |dealt| {
         inner.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
-        Ok(false)
+        Ok(dealt)
     };
     let Ok(frag) = fragment::open(&key, &queue, body) else {
-        return bad();
+        return bad(Dealt::Unopened);
     };
     let sealed = match inner.store.add_fragment(
         &queue,
@@ -191,13 +255,13 @@ fn handle_deposit(inner: &Inner, name: &str, body: &[u8]) -> Result<bool> {
         &frag.chunk,
     ) {
         Ok(FragmentOutcome::Complete(sealed)) => sealed,
-        Ok(_) => return Ok(false),
-        Err(Error::Crypto(_)) => return bad(),
+        Ok(_) => return Ok(Dealt::Used),
+        Err(Error::Crypto(_)) => return bad(Dealt::Used),
         Err(e) => return Err(e),
     };
     let Ok(claimed) = seal::claimed_sender(&sealed) else {
         inner.store.discard_partial(&queue, &frag.message_id)?;
-        return bad();
+        return bad(Dealt::Used);
     };
     // The first message that opens on an invitation's queue binds the
     // relation to its sender; later ones must come from the same key.
@@ -206,7 +270,7 @@ fn handle_deposit(inner: &Inner, name: &str, body: &[u8]) -> Result<bool> {
         Ok(env) if env.message_id == frag.message_id => env,
         _ => {
             inner.store.discard_partial(&queue, &frag.message_id)?;
-            return bad();
+            return bad(Dealt::Used);
         }
     };
     let mut updated = contact.clone();
@@ -249,9 +313,9 @@ fn handle_deposit(inner: &Inner, name: &str, body: &[u8]) -> Result<bool> {
                 seq,
                 message: received,
             });
-            Ok(true)
+            Ok(Dealt::Delivered)
         }
-        None => Ok(false),
+        None => Ok(Dealt::Used),
     }
 }
 

@@ -33,7 +33,7 @@ use murmur_client::fragment::{self, Reassembly};
 use murmur_client::invite::Invitation;
 use murmur_client::seal;
 use murmur_wire::mailbox::{
-    AckResponse, CreateQueueResponse, FetchResponse, SignedCreateQueue, SignedOwnerRequest,
+    CreateQueueResponse, OwnerReply, OwnerResponse, SignedCreateQueue, SignedOwnerRequest,
 };
 use murmur_wire::packet::{PAYLOAD_CAPACITY, SPHINX_PAYLOAD_SIZE};
 use murmur_wire::{
@@ -760,8 +760,8 @@ fn use_consensus(v: &murmur_wire::VerifiedConsensus, seed: u64) {
 
 /// The mailbox fetch API's wire forms: the requests a provider parses
 /// (`SignedCreateQueue` and `SignedOwnerRequest`: `from_bytes`, `peek`,
-/// `verify`) and the responses a client parses (`FetchResponse`,
-/// `AckResponse`, `CreateQueueResponse`). Whatever parses re-encodes to
+/// `verify`) and the responses a client parses (`OwnerResponse`, with its
+/// page check, and `CreateQueueResponse`). Whatever parses re-encodes to
 /// something that parses to the same value.
 pub fn mailbox_api(data: &[u8]) {
     if let Ok(c) = SignedCreateQueue::from_bytes(data) {
@@ -779,12 +779,12 @@ pub fn mailbox_api(data: &[u8]) {
         let _ = r.verify(&IdentityKey([0; 32]));
         round_trip(&r, r.to_bytes(), SignedOwnerRequest::from_bytes);
     }
-    if let Ok(f) = FetchResponse::from_bytes(data) {
-        assert!(f.entries.len() <= data.len(), "more entries than bytes");
-        round_trip(&f, f.to_bytes(), FetchResponse::from_bytes);
-    }
-    if let Ok(a) = AckResponse::from_bytes(data) {
-        round_trip(&a, a.to_bytes(), AckResponse::from_bytes);
+    if let Ok(o) = OwnerResponse::from_bytes(data) {
+        if let OwnerReply::Fetched(page) = &o.reply {
+            assert!(page.entries.len() <= data.len(), "more entries than bytes");
+            let _ = page.check(0, u32::MAX);
+        }
+        round_trip(&o, o.to_bytes(), OwnerResponse::from_bytes);
     }
     if let Ok(c) = CreateQueueResponse::from_bytes(data) {
         round_trip(&c, c.to_bytes(), CreateQueueResponse::from_bytes);

@@ -12,8 +12,8 @@ use murmur_client::fragment;
 use murmur_client::invite::Invitation;
 use murmur_client::seal::{self, Body, Envelope};
 use murmur_wire::mailbox::{
-    AckResponse, CreateQueue, CreateQueueResponse, FetchResponse, OwnerOp, OwnerRequest,
-    QueueEntry, QueueItem, SignedCreateQueue, SignedOwnerRequest,
+    CreateQueue, CreateQueueResponse, FetchResponse, OwnerOp, OwnerReply, OwnerRequest,
+    OwnerResponse, QueueEntry, QueueItem, RequestDigest, SignedCreateQueue, SignedOwnerRequest,
 };
 use murmur_wire::{
     Ack, Consensus, DEPOSIT_BODY_SIZE, Deposit, Descriptor, Destination, EpochKey, FinalPayload,
@@ -367,8 +367,13 @@ pub fn all() -> Vec<Seed> {
     );
     add(
         "mailbox_api",
-        "ack",
-        owner_request(OwnerOp::Ack { up_to: 5 }, 3),
+        "delete_entries",
+        owner_request(
+            OwnerOp::Delete {
+                seqs: vec![1, 5, 9],
+            },
+            3,
+        ),
     );
     add(
         "mailbox_api",
@@ -403,18 +408,33 @@ pub fn all() -> Vec<Seed> {
     add(
         "mailbox_api",
         "fetch_response",
-        ok(fetched.to_bytes(), "fetch response"),
+        ok(
+            OwnerResponse {
+                request: RequestDigest([7; 32]),
+                reply: OwnerReply::Fetched(fetched),
+            }
+            .to_bytes(),
+            "fetch response",
+        ),
     );
     add(
         "mailbox_api",
-        "ack_response",
-        ok(AckResponse { deleted: 3 }.to_bytes(), "ack"),
+        "delete_response",
+        ok(
+            OwnerResponse {
+                request: RequestDigest([8; 32]),
+                reply: OwnerReply::Deleted { deleted: 3 },
+            }
+            .to_bytes(),
+            "delete response",
+        ),
     );
     add(
         "mailbox_api",
         "create_response",
         ok(
             CreateQueueResponse {
+                request: RequestDigest([9; 32]),
                 queue: QueueId::from_bytes(keys::QUEUE),
             }
             .to_bytes(),
@@ -439,7 +459,7 @@ pub fn all() -> Vec<Seed> {
     let mut pipelined = http_post("/v1/queues", &create_queue(12));
     pipelined.extend(http_post(
         "/v1/queue",
-        &owner_request(OwnerOp::Ack { up_to: 1 }, 13),
+        &owner_request(OwnerOp::Delete { seqs: vec![1] }, 13),
     ));
     pipelined.extend_from_slice(b"GET /healthz HTTP/1.1\r\nhost: m\r\n\r\n");
     add("mailbox_http", "pipelined", pipelined);

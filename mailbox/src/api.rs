@@ -6,7 +6,7 @@
 //!
 //! | status | reason label | when |
 //! |---|---|---|
-//! | 400 | `malformed` | the body does not decode, has an unknown version, or asks for a fetch of 0 entries |
+//! | 400 | `malformed` | the body does not decode, has an unknown version, asks for a fetch of 0 entries or a deletion of more than `MAX_DELETE` |
 //! | 401 | `bad_signature` | the signature does not verify under the owner key (or the key is not a valid point) |
 //! | 401 | `stale` | the timestamp is more than `FRESHNESS_WINDOW_SECS` away from the provider's clock, or older than the provider's start |
 //! | 404 | `unknown_queue` | no such queue |
@@ -29,8 +29,8 @@ use hyper::body::Incoming;
 use murmur_directory::clock::Clock;
 use murmur_directory::http::{HttpResponse, POSTCARD, read_body, response, text};
 use murmur_wire::mailbox::{
-    AckResponse, CreateQueueResponse, FRESHNESS_WINDOW_SECS, MAX_REQUEST_SIZE, OwnerOp,
-    SignedCreateQueue, SignedOwnerRequest,
+    CreateQueueResponse, FRESHNESS_WINDOW_SECS, MAX_DELETE, MAX_REQUEST_SIZE, OwnerOp, OwnerReply,
+    OwnerResponse, RequestDigest, SignedCreateQueue, SignedOwnerRequest,
 };
 use murmur_wire::{IdentityKey, QueueId};
 
@@ -330,7 +330,13 @@ impl Api {
         };
         self.metrics.queues_created.inc();
         self.metrics.queues.inc();
-        encoded(CreateQueueResponse { queue }.to_bytes())
+        encoded(
+            CreateQueueResponse {
+                request: RequestDigest::of(body),
+                queue,
+            }
+            .to_bytes(),
+        )
     }
 
     async fn owner(&self, body: &[u8]) -> Result<HttpResponse, Refusal> {
@@ -346,28 +352,37 @@ impl Api {
         let mut scope = [1u8; 33];
         scope[1..].copy_from_slice(queue.as_bytes());
         self.check_nonce(scope, req.nonce, req.timestamp, now)?;
-        match req.op {
-            OwnerOp::Fetch { limit: 0, .. } => Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                "malformed request: a fetch must ask for at least one entry",
-            )),
+        let reply = match req.op {
+            OwnerOp::Fetch { limit: 0, .. } => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    "malformed request: a fetch must ask for at least one entry",
+                ));
+            }
             OwnerOp::Fetch { after, limit } => {
                 let page = self
                     .blocking(move |store| store.fetch(&queue, after, limit))
                     .await?
                     .ok_or_else(unknown_queue)?;
                 self.metrics.fetches.inc();
-                encoded(page.to_bytes())
+                OwnerReply::Fetched(page)
             }
-            OwnerOp::Ack { up_to } => {
+            OwnerOp::Delete { seqs } if seqs.len() > MAX_DELETE => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    format!("malformed request: a deletion names at most {MAX_DELETE} entries"),
+                ));
+            }
+            OwnerOp::Delete { seqs } => {
                 let deleted = self
-                    .blocking(move |store| store.ack(&queue, up_to))
+                    .blocking(move |store| store.delete(&queue, &seqs))
                     .await?
                     .ok_or_else(unknown_queue)?;
-                self.metrics.owner_acks.inc();
+                self.metrics.owner_deletions.inc();
                 self.metrics.entries_deleted.inc_by(deleted);
-                encoded(AckResponse { deleted }.to_bytes())
+                OwnerReply::Deleted { deleted }
             }
             OwnerOp::DeleteQueue => {
                 if !self
@@ -378,9 +393,16 @@ impl Api {
                 }
                 self.metrics.queues_deleted.inc();
                 self.metrics.queues.dec();
-                Ok(response(StatusCode::OK, POSTCARD, Bytes::new()))
+                OwnerReply::QueueDeleted
             }
-        }
+        };
+        encoded(
+            OwnerResponse {
+                request: RequestDigest::of(body),
+                reply,
+            }
+            .to_bytes(),
+        )
     }
 }
 

@@ -102,7 +102,7 @@ pub struct Metrics {
     batched_items: Counter,
     pub(crate) commit_failures: Counter,
     pub(crate) fetches: Counter,
-    pub(crate) owner_acks: Counter,
+    pub(crate) owner_deletions: Counter,
     pub(crate) entries_deleted: Counter,
     pub(crate) queues_created: Counter,
     pub(crate) queues_deleted: Counter,
@@ -160,7 +160,7 @@ impl Metrics {
             batched_items: Counter::default(),
             commit_failures: Counter::default(),
             fetches: Counter::default(),
-            owner_acks: Counter::default(),
+            owner_deletions: Counter::default(),
             entries_deleted: Counter::default(),
             queues_created: Counter::default(),
             queues_deleted: Counter::default(),
@@ -207,13 +207,13 @@ impl Metrics {
         );
         r.register("fetches", "Owner fetches served", self.fetches.clone());
         r.register(
-            "owner_acks",
-            "Owner acknowledgements (deletions up to a sequence number) served",
-            self.owner_acks.clone(),
+            "owner_deletions",
+            "Owner deletions of named entries served",
+            self.owner_deletions.clone(),
         );
         r.register(
             "entries_deleted",
-            "Entries deleted by owner acknowledgements",
+            "Entries deleted by their owner",
             self.entries_deleted.clone(),
         );
         r.register(

@@ -182,9 +182,10 @@ pub trait Store: Send + Sync + 'static {
     /// number above `after`, in order; `None` if the queue does not exist.
     fn fetch(&self, queue: &QueueId, after: u64, limit: u32) -> Result<Option<FetchResponse>>;
 
-    /// Deletes the entries with a sequence number up to `up_to`; returns how
-    /// many were deleted, or `None` if the queue does not exist.
-    fn ack(&self, queue: &QueueId, up_to: u64) -> Result<Option<u64>>;
+    /// Deletes exactly the entries numbered `seqs` (numbers with no entry
+    /// are ignored); returns how many were deleted, or `None` if the queue
+    /// does not exist.
+    fn delete(&self, queue: &QueueId, seqs: &[u64]) -> Result<Option<u64>>;
 
     /// Deletes the queue, its entries and its dedup records; false if it did
     /// not exist.
@@ -524,7 +525,7 @@ impl Store for RedbStore {
         Ok(Some(FetchResponse { entries: out, more }))
     }
 
-    fn ack(&self, queue: &QueueId, up_to: u64) -> Result<Option<u64>> {
+    fn delete(&self, queue: &QueueId, seqs: &[u64]) -> Result<Option<u64>> {
         let q = queue.as_bytes();
         let txn = self.begin()?;
         let deleted = {
@@ -535,30 +536,31 @@ impl Store for RedbStore {
                 .map(|v| QueueInfo::decode(v.value()))
             else {
                 drop(queues);
-                txn.abort().during("aborting an acknowledgement")?;
+                txn.abort().during("aborting a deletion")?;
                 return Ok(None);
             };
             let mut entries = txn.open_table(ENTRIES).during("opening tables")?;
             let mut deleted = 0u64;
             let mut bytes = 0u64;
-            for row in entries
-                .extract_from_if::<&[u8; 40], _>(&entry_key(q, 0)..=&entry_key(q, up_to), |_, _| {
-                    true
-                })
-                .during("deleting entries")?
-            {
-                let (_, value) = row.during("deleting entries")?;
-                deleted += 1;
-                bytes += value.value().len() as u64;
+            for seq in seqs {
+                if let Some(value) = entries
+                    .remove(&entry_key(q, *seq))
+                    .during("deleting entries")?
+                {
+                    deleted += 1;
+                    bytes += value.value().len() as u64;
+                }
             }
-            info.messages = info.messages.saturating_sub(deleted);
-            info.bytes = info.bytes.saturating_sub(bytes);
-            queues
-                .insert(q, &info.encode())
-                .during("updating a queue")?;
+            if deleted > 0 {
+                info.messages = info.messages.saturating_sub(deleted);
+                info.bytes = info.bytes.saturating_sub(bytes);
+                queues
+                    .insert(q, &info.encode())
+                    .during("updating a queue")?;
+            }
             deleted
         };
-        txn.commit().during("committing an acknowledgement")?;
+        txn.commit().during("committing a deletion")?;
         Ok(Some(deleted))
     }
 

@@ -15,8 +15,8 @@ use murmur_directory::clock::{Clock, OffsetClock};
 use murmur_directory::http::{HttpClient, POSTCARD, ServerLimits, spawn_server};
 use murmur_mailbox::{Api, ApiConfig, Mailbox, Metrics, Quota, RedbStore, WriterConfig};
 use murmur_wire::mailbox::{
-    AckResponse, CreateQueueResponse, FRESHNESS_WINDOW_SECS, FetchResponse, MAX_FETCH_LIMIT,
-    OwnerOp, QueueItem,
+    CreateQueueResponse, FRESHNESS_WINDOW_SECS, MAX_FETCH_LIMIT, OwnerOp, OwnerResponse, QueueItem,
+    RequestDigest,
 };
 use murmur_wire::{MessageId, QueueId};
 use tokio_util::sync::CancellationToken;
@@ -106,12 +106,16 @@ impl Server {
     }
 }
 
+fn page_of(body: &Bytes) -> murmur_wire::mailbox::FetchResponse {
+    OwnerResponse::from_bytes(body).unwrap().fetched().unwrap()
+}
+
 fn reason(body: &Bytes) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
 
 #[tokio::test]
-async fn deposit_fetch_ack_and_every_refusal() {
+async fn deposit_fetch_delete_and_every_refusal() {
     let s = Server::start(100).await;
     let owner = owner_key(1);
     let q = s.create(1, 1).await;
@@ -138,7 +142,12 @@ async fn deposit_fetch_ack_and_every_refusal() {
     );
     let (status, body) = s.post("/v1/queue", fetch.clone()).await;
     assert_eq!(status, StatusCode::OK, "{}", reason(&body));
-    let page = FetchResponse::from_bytes(&body).unwrap();
+    // The answer names the request it answers.
+    assert_eq!(
+        OwnerResponse::from_bytes(&body).unwrap().request,
+        RequestDigest::of(&fetch)
+    );
+    let page = page_of(&body);
     assert!(!page.more);
     assert_eq!(page.entries.len(), 1);
     let seq = page.entries[0].seq;
@@ -244,11 +253,17 @@ async fn deposit_fetch_ack_and_every_refusal() {
     let (status, body) = s
         .post(
             "/v1/queue",
-            owner_body(&owner, q, OwnerOp::Ack { up_to: seq }, s.now(), [6; 16]),
+            owner_body(
+                &owner,
+                q,
+                OwnerOp::Delete { seqs: vec![seq] },
+                s.now(),
+                [6; 16],
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{}", reason(&body));
-    assert_eq!(AckResponse::from_bytes(&body).unwrap().deleted, 1);
+    assert_eq!(OwnerResponse::from_bytes(&body).unwrap().deleted(), Some(1));
     let (status, body) = s
         .post(
             "/v1/queue",
@@ -265,7 +280,7 @@ async fn deposit_fetch_ack_and_every_refusal() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(FetchResponse::from_bytes(&body).unwrap().entries.is_empty());
+    assert!(page_of(&body).entries.is_empty());
 
     // Health and metrics.
     let (status, _) = s.client.get(s.addr, "/healthz", 1024).await.unwrap();
@@ -341,7 +356,7 @@ async fn pages_follow_sequence_numbers() {
             )
             .await;
         assert_eq!(status, StatusCode::OK);
-        let page = FetchResponse::from_bytes(&body).unwrap();
+        let page = page_of(&body);
         assert!(page.entries.len() <= 2);
         for e in &page.entries {
             seen.push(e.seq);
@@ -369,7 +384,7 @@ async fn pages_follow_sequence_numbers() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(FetchResponse::from_bytes(&body).unwrap().entries.len(), 5);
+    assert_eq!(page_of(&body).entries.len(), 5);
     s.stop().await;
 }
 

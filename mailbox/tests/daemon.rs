@@ -143,7 +143,11 @@ async fn a_deposit_is_acknowledged_through_the_mixnet_fetched_and_a_replay_dropp
         }
         other => panic!("expected a deposit, got {other:?}"),
     }
-    assert_eq!(api.ack(&recipient, inbox, got.entries[0].seq).await, 1);
+    assert_eq!(
+        api.delete(&recipient, inbox, vec![got.entries[0].seq])
+            .await,
+        1
+    );
     assert!(api.fetch(&recipient, inbox).await.entries.is_empty());
 
     // The very same packet again: the replay cache drops it before the

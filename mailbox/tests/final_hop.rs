@@ -125,7 +125,7 @@ async fn a_retransmitted_deposit_is_stored_once_and_acknowledged_each_time() {
     assert_eq!(s.metrics.deposits("stored"), 1);
     assert_eq!(s.metrics.deposits("duplicate"), 2);
     // Still recognised after the owner deleted it.
-    assert_eq!(s.store.ack(&q, 1).unwrap(), Some(1));
+    assert_eq!(s.store.delete(&q, &[1]).unwrap(), Some(1));
     let (dest, delivery, recovery) = h.deposit(q, id, 9);
     s.mailbox.handle_final(dest, delivery);
     s.sink.wait_for(1).await;
@@ -304,8 +304,8 @@ impl Store for GatedStore {
     ) -> murmur_mailbox::Result<Option<FetchResponse>> {
         self.inner.fetch(queue, after, limit)
     }
-    fn ack(&self, queue: &QueueId, up_to: u64) -> murmur_mailbox::Result<Option<u64>> {
-        self.inner.ack(queue, up_to)
+    fn delete(&self, queue: &QueueId, seqs: &[u64]) -> murmur_mailbox::Result<Option<u64>> {
+        self.inner.delete(queue, seqs)
     }
     fn delete_queue(&self, queue: &QueueId) -> murmur_mailbox::Result<bool> {
         self.inner.delete_queue(queue)

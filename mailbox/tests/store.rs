@@ -94,14 +94,15 @@ fn batches_number_entries_and_dedup_per_queue_and_kind() {
 }
 
 #[test]
-fn acks_delete_up_to_a_sequence_number_and_free_the_quota() {
+fn deletions_remove_exactly_the_named_entries_and_free_the_quota() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let q = make_queue(&store, 1);
     let batch: Vec<_> = (0..5).map(|i| deposit(q, i)).collect();
     store.insert_batch(&batch, 2000).unwrap();
     let before = store.queue(&q).unwrap().unwrap();
-    assert_eq!(store.ack(&q, 3).unwrap(), Some(3));
+    // Entries 1, 3 and 4, and a number that was never stored.
+    assert_eq!(store.delete(&q, &[1, 3, 4, 99]).unwrap(), Some(3));
     let after = store.queue(&q).unwrap().unwrap();
     assert_eq!(after.messages, 2);
     assert!(after.bytes < before.bytes && after.bytes > 0);
@@ -113,12 +114,16 @@ fn acks_delete_up_to_a_sequence_number_and_free_the_quota() {
         .iter()
         .map(|e| e.seq)
         .collect();
-    assert_eq!(seqs, vec![4, 5]);
-    // Acknowledging again deletes nothing more; new entries keep counting up.
-    assert_eq!(store.ack(&q, 3).unwrap(), Some(0));
+    assert_eq!(seqs, vec![2, 5]);
+    // Deleting again deletes nothing more; new entries keep counting up.
+    assert_eq!(store.delete(&q, &[1, 3, 4]).unwrap(), Some(0));
+    assert_eq!(store.delete(&q, &[u64::MAX]).unwrap(), Some(0));
     let out = store.insert_batch(&[deposit(q, 7)], 2001).unwrap();
     assert_eq!(out, vec![InsertOutcome::Stored { seq: 6 }]);
-    assert_eq!(store.ack(&QueueId::from_bytes([8; 32]), 1).unwrap(), None);
+    assert_eq!(
+        store.delete(&QueueId::from_bytes([8; 32]), &[1]).unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -159,7 +164,7 @@ fn the_reaper_deletes_expired_entries_and_their_dedup_records() {
         .unwrap();
     store.insert_batch(&[deposit(q, 3)], 2000).unwrap();
     // The owner already deleted entry 1; its dedup record lives on.
-    store.ack(&q, 1).unwrap();
+    store.delete(&q, &[1]).unwrap();
     assert_eq!(
         store.insert_batch(&[deposit(q, 1)], 1500).unwrap(),
         vec![InsertOutcome::Duplicate { seq: 1 }]

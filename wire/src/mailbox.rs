@@ -7,12 +7,21 @@
 //! | request | body | success |
 //! |---|---|---|
 //! | `POST /v1/queues` | [`SignedCreateQueue`] | 200, [`CreateQueueResponse`] |
-//! | `POST /v1/queue` | [`SignedOwnerRequest`] | 200, [`FetchResponse`] / [`AckResponse`] / empty |
+//! | `POST /v1/queue` | [`SignedOwnerRequest`] | 200, [`OwnerResponse`] |
 //!
 //! Each queue has its own owner key (a fresh Ed25519 key per queue), so
 //! queues cannot be linked by key. A request is fresh if its timestamp is
 //! within [`FRESHNESS_WINDOW_SECS`] of the provider's clock and its nonce has
 //! not been seen for that queue within the window.
+//!
+//! Every answer names the request it answers: [`RequestDigest`], the SHA-256
+//! of the signed request's wire bytes. The API runs inside an authenticated
+//! link to the provider (`docs/protocol.md` §4); the digest also binds each
+//! answer to its question, so an answer cannot be moved to another request.
+//!
+//! The owner deletes exactly the entries it has dealt with, by sequence
+//! number ([`OwnerOp::Delete`]): never a range, so no answer can make it
+//! delete entries it has not seen.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,13 +32,16 @@ use crate::keys::IdentityKey;
 use ed25519_dalek::{Signer, SigningKey};
 
 /// Version of the mailbox API messages.
-pub const MAILBOX_API_VERSION: u8 = 1;
+pub const MAILBOX_API_VERSION: u8 = 2;
 /// A request's timestamp must be within this many seconds of the provider's clock.
 pub const FRESHNESS_WINDOW_SECS: u64 = 120;
 /// The most entries one fetch returns.
 pub const MAX_FETCH_LIMIT: u32 = 256;
-/// The most bytes a request body may have.
-pub const MAX_REQUEST_SIZE: usize = 1024;
+/// The most entries one [`OwnerOp::Delete`] names.
+pub const MAX_DELETE: usize = MAX_FETCH_LIMIT as usize;
+/// The most bytes a request body may have (a deletion of [`MAX_DELETE`]
+/// entries with the largest sequence numbers fits).
+pub const MAX_REQUEST_SIZE: usize = 3072;
 /// The most bytes a fetch response may have (a full page of the largest entries).
 pub const MAX_RESPONSE_SIZE: usize = MAX_FETCH_LIMIT as usize * 2600 + 64;
 
@@ -52,6 +64,22 @@ fn check(key: &IdentityKey, context: &[u8], body: &[u8], sig: &Signature) -> Res
     .map_err(|_| Error::BadSignature {
         what: "mailbox request",
     })
+}
+
+/// SHA-256 of a signed request's wire bytes: what an answer names to show
+/// which request it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestDigest(pub [u8; 32]);
+
+impl RequestDigest {
+    /// The digest of `wire`, a request's exact bytes.
+    pub fn of(wire: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"murmur/mailbox-request-digest/v1\0");
+        h.update(wire);
+        Self(h.finalize().into())
+    }
 }
 
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &'static str) -> Result<T> {
@@ -139,6 +167,8 @@ impl SignedCreateQueue {
 /// The provider's answer to a [`CreateQueue`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateQueueResponse {
+    /// The request answered.
+    pub request: RequestDigest,
     /// The new queue's id: the address deposits are sent to.
     pub queue: QueueId,
 }
@@ -154,11 +184,12 @@ pub enum OwnerOp {
         /// Page size.
         limit: u32,
     },
-    /// Delete every entry with a sequence number up to and including
-    /// `up_to` (the owner has stored them durably: consume-then-ack).
-    Ack {
-        /// Last sequence number to delete.
-        up_to: u64,
+    /// Delete exactly these entries (the owner has stored them durably:
+    /// consume, then delete). At most [`MAX_DELETE`]; numbers of entries
+    /// that are not there are ignored.
+    Delete {
+        /// Sequence numbers of the entries to delete.
+        seqs: Vec<u64>,
     },
     /// Delete the queue and everything in it (revoking a contact).
     DeleteQueue,
@@ -272,7 +303,7 @@ pub enum QueueItem {
     },
 }
 
-/// Answer to [`OwnerOp::Fetch`].
+/// A page of entries: what [`OwnerOp::Fetch`] returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchResponse {
     /// Entries in sequence order.
@@ -281,11 +312,70 @@ pub struct FetchResponse {
     pub more: bool,
 }
 
-/// Answer to [`OwnerOp::Ack`].
+impl FetchResponse {
+    /// Checks that this page can answer a fetch of at most `limit` entries
+    /// after `after`: sequence numbers strictly increasing, all after
+    /// `after`, no more than asked for.
+    pub fn check(&self, after: u64, limit: u32) -> Result<()> {
+        let malformed = |reason| Error::Malformed {
+            what: "fetch response",
+            reason,
+        };
+        if self.entries.len() > limit.min(MAX_FETCH_LIMIT) as usize {
+            return Err(malformed("more entries than asked for"));
+        }
+        let mut last = after;
+        for e in &self.entries {
+            if e.seq <= last {
+                return Err(malformed(
+                    "sequence numbers not increasing after the cursor",
+                ));
+            }
+            last = e.seq;
+        }
+        Ok(())
+    }
+}
+
+/// What an owner request did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AckResponse {
-    /// Entries deleted.
-    pub deleted: u64,
+pub enum OwnerReply {
+    /// Answer to [`OwnerOp::Fetch`].
+    Fetched(FetchResponse),
+    /// Answer to [`OwnerOp::Delete`]: entries deleted.
+    Deleted {
+        /// How many of the named entries were there and are now gone.
+        deleted: u64,
+    },
+    /// Answer to [`OwnerOp::DeleteQueue`].
+    QueueDeleted,
+}
+
+/// The provider's answer to a [`SignedOwnerRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerResponse {
+    /// The request answered.
+    pub request: RequestDigest,
+    /// What it did.
+    pub reply: OwnerReply,
+}
+
+impl OwnerResponse {
+    /// The page, if this answers a fetch.
+    pub fn fetched(self) -> Option<FetchResponse> {
+        match self.reply {
+            OwnerReply::Fetched(page) => Some(page),
+            _ => None,
+        }
+    }
+
+    /// The count, if this answers a deletion of entries.
+    pub fn deleted(&self) -> Option<u64> {
+        match self.reply {
+            OwnerReply::Deleted { deleted } => Some(deleted),
+            _ => None,
+        }
+    }
 }
 
 macro_rules! wire_form {
@@ -305,8 +395,7 @@ macro_rules! wire_form {
 }
 
 wire_form!(CreateQueueResponse, "create-queue response");
-wire_form!(FetchResponse, "fetch response");
-wire_form!(AckResponse, "ack response");
+wire_form!(OwnerResponse, "owner response");
 
 #[cfg(test)]
 mod tests {
@@ -320,7 +409,7 @@ mod tests {
     #[test]
     fn owner_requests_verify_only_under_the_owner_key() {
         let req = OwnerRequest {
-            version: 1,
+            version: MAILBOX_API_VERSION,
             queue: QueueId::from_bytes([1; 32]),
             op: OwnerOp::Fetch {
                 after: 0,
@@ -344,7 +433,7 @@ mod tests {
     #[test]
     fn a_create_request_cannot_pass_as_an_owner_request() {
         let create = CreateQueue {
-            version: 1,
+            version: MAILBOX_API_VERSION,
             owner: IdentityKey::from(&owner().verifying_key()),
             timestamp: 1,
             nonce: [0; 16],
@@ -360,7 +449,7 @@ mod tests {
 
     #[test]
     fn responses_round_trip() {
-        let resp = FetchResponse {
+        let page = FetchResponse {
             entries: vec![
                 QueueEntry {
                     seq: 1,
@@ -378,10 +467,41 @@ mod tests {
             ],
             more: true,
         };
+        page.check(0, 2).unwrap();
+        let resp = OwnerResponse {
+            request: RequestDigest::of(b"request"),
+            reply: OwnerReply::Fetched(page),
+        };
         assert_eq!(
-            FetchResponse::from_bytes(&resp.to_bytes().unwrap()).unwrap(),
+            OwnerResponse::from_bytes(&resp.to_bytes().unwrap()).unwrap(),
             resp
         );
+    }
+
+    #[test]
+    fn pages_out_of_order_or_before_the_cursor_are_refused() {
+        let entry = |seq| QueueEntry {
+            seq,
+            item: QueueItem::Loop {
+                id: MessageId::from_bytes([2; 16]),
+            },
+        };
+        let page = |seqs: &[u64]| FetchResponse {
+            entries: seqs.iter().map(|s| entry(*s)).collect(),
+            more: false,
+        };
+        assert!(page(&[3, 5, 9]).check(2, 10).is_ok());
+        assert!(page(&[]).check(u64::MAX, 10).is_ok());
+        assert!(page(&[3, 5, 9]).check(3, 10).is_err(), "at the cursor");
+        assert!(page(&[3, 3]).check(0, 10).is_err(), "repeated");
+        assert!(page(&[5, 4]).check(0, 10).is_err(), "decreasing");
+        assert!(page(&[1, 2, 3]).check(0, 2).is_err(), "too many");
+    }
+
+    #[test]
+    fn digests_differ_per_request() {
+        assert_ne!(RequestDigest::of(b"a"), RequestDigest::of(b"b"));
+        assert_eq!(RequestDigest::of(b"a"), RequestDigest::of(b"a"));
     }
 
     proptest! {
@@ -394,8 +514,7 @@ mod tests {
             if let Ok(r) = SignedCreateQueue::from_bytes(&data) {
                 let _ = r.verify();
             }
-            let _ = FetchResponse::from_bytes(&data);
-            let _ = AckResponse::from_bytes(&data);
+            let _ = OwnerResponse::from_bytes(&data);
             let _ = CreateQueueResponse::from_bytes(&data);
         }
     }

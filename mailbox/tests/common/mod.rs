@@ -16,7 +16,7 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use murmur_mailbox::PacketSink;
 use murmur_wire::mailbox::{
-    CreateQueue, OwnerOp, OwnerRequest, SignedCreateQueue, SignedOwnerRequest,
+    CreateQueue, MAILBOX_API_VERSION, OwnerOp, OwnerRequest, SignedCreateQueue, SignedOwnerRequest,
 };
 use murmur_wire::{
     Ack, DEPOSIT_BODY_SIZE, Delivery, Deposit, Destination, FinalPayload, Hop, IdentityKey,
@@ -204,7 +204,7 @@ pub fn owner_key(seed: u8) -> SigningKey {
 
 pub fn create_body(owner: &SigningKey, timestamp: u64, nonce: [u8; 16]) -> Bytes {
     let req = CreateQueue {
-        version: 1,
+        version: MAILBOX_API_VERSION,
         owner: IdentityKey::from(&owner.verifying_key()),
         timestamp,
         nonce,
@@ -225,7 +225,7 @@ pub fn owner_body(
     nonce: [u8; 16],
 ) -> Bytes {
     let req = OwnerRequest {
-        version: 1,
+        version: MAILBOX_API_VERSION,
         queue,
         op,
         timestamp,
@@ -256,7 +256,7 @@ pub mod net {
     use murmur_directory::clock::Clock;
     use murmur_directory::http::{HttpClient, POSTCARD};
     use murmur_directory::{AuthorityConfig, AuthorityHandle, DirectoryClient, start_authority};
-    use murmur_wire::mailbox::{AckResponse, CreateQueueResponse, FetchResponse, OwnerOp};
+    use murmur_wire::mailbox::{CreateQueueResponse, FetchResponse, OwnerOp, OwnerResponse};
     use murmur_wire::{
         DEPOSIT_BODY_SIZE, Deposit, FinalPayload, Hop, MessageId, NodeId, Packet, PacketCodec,
         QueueId, Role, Route, SurbId, SurbRecovery, build_forward_packet, build_surb,
@@ -430,7 +430,10 @@ pub mod net {
                 limit: 256,
             };
             let body = owner_body(key, queue, op, self.clock.now_secs(), self.nonce());
-            FetchResponse::from_bytes(&self.post("/v1/queue", body).await).unwrap()
+            OwnerResponse::from_bytes(&self.post("/v1/queue", body).await)
+                .unwrap()
+                .fetched()
+                .unwrap()
         }
 
         /// Fetches until the queue holds at least `n` entries.
@@ -455,17 +458,18 @@ pub mod net {
             }
         }
 
-        pub async fn ack(&self, key: &SigningKey, queue: QueueId, up_to: u64) -> u64 {
+        pub async fn delete(&self, key: &SigningKey, queue: QueueId, seqs: Vec<u64>) -> u64 {
             let body = owner_body(
                 key,
                 queue,
-                OwnerOp::Ack { up_to },
+                OwnerOp::Delete { seqs },
                 self.clock.now_secs(),
                 self.nonce(),
             );
-            AckResponse::from_bytes(&self.post("/v1/queue", body).await)
+            OwnerResponse::from_bytes(&self.post("/v1/queue", body).await)
                 .unwrap()
-                .deleted
+                .deleted()
+                .unwrap()
         }
     }
 }
