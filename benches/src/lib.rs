@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::{
-    AuthoritySet, Consensus, Hop, IdentityKey, MailboxEntry, MixEntry, NetworkParams, NodeId,
-    Route, SignedConsensus, SphinxPublicKey, SphinxSecretKey, VerifiedConsensus,
+    AuthoritySet, Consensus, Hop, IdentityKey, LinkPublicKey, LinkSecretKey, MailboxEntry,
+    MixEntry, NetworkParams, NodeId, Route, SignedConsensus, SphinxPublicKey, SphinxSecretKey,
+    VerifiedConsensus,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -224,6 +225,8 @@ pub struct BenchNode {
     pub packet_addr: SocketAddr,
     /// Its Sphinx public key for the consensus epoch.
     pub sphinx_key: SphinxPublicKey,
+    /// Its link key (derived from the identity secret, as a real node's).
+    pub link_key: LinkPublicKey,
 }
 
 impl BenchNode {
@@ -235,6 +238,7 @@ impl BenchNode {
             identity: IdentityKey::from(&signing.verifying_key()),
             packet_addr,
             sphinx_key,
+            link_key: bench_link_key(seed).public().clone(),
         }
     }
 
@@ -242,6 +246,11 @@ impl BenchNode {
     pub fn id(&self) -> NodeId {
         self.identity.node_id()
     }
+}
+
+/// The secret link key of the benchmark node with identity seed `seed`.
+pub fn bench_link_key(seed: u8) -> LinkSecretKey {
+    LinkSecretKey::derive(&[seed; 32])
 }
 
 /// The epoch length of [`bench_consensus`], seconds.
@@ -261,7 +270,7 @@ pub fn bench_consensus(
     let epoch = now / params.epoch_secs.max(1);
     let authority = SigningKey::from_bytes(&[0xA5; 32]);
     let doc = Consensus {
-        version: 1,
+        version: murmur_wire::directory::CONSENSUS_VERSION,
         epoch,
         valid_after: epoch * params.epoch_secs,
         valid_until: (epoch + 1) * params.epoch_secs,
@@ -273,6 +282,7 @@ pub fn bench_consensus(
                     layer: layer as u8,
                     identity: n.identity,
                     packet_addr: n.packet_addr,
+                    link_key: n.link_key.clone(),
                     sphinx_key: n.sphinx_key,
                 })
             })
@@ -283,6 +293,7 @@ pub fn bench_consensus(
                 identity: n.identity,
                 packet_addr: n.packet_addr,
                 http_addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+                link_key: n.link_key.clone(),
                 sphinx_key: n.sphinx_key,
             })
             .collect(),

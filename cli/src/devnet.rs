@@ -79,8 +79,8 @@ struct Layout {
     authorities: Vec<SocketAddr>,
     /// (packet, http) per mix.
     mixes: Vec<(SocketAddr, SocketAddr)>,
-    /// (packet, http) per mailbox.
-    mailboxes: Vec<(SocketAddr, SocketAddr)>,
+    /// (packet, fetch API, operator) per mailbox.
+    mailboxes: Vec<(SocketAddr, SocketAddr, SocketAddr)>,
 }
 
 const LAYOUT_FILE: &str = "devnet.toml";
@@ -251,11 +251,12 @@ impl Devnet {
                 data_dir: dir.clone(),
                 ..Default::default()
             };
-            let (packet, http) = old
+            let (packet, http, operator) = old
                 .as_ref()
-                .map_or((loopback0(), loopback0()), |l| l.mailboxes[i]);
+                .map_or((loopback0(), loopback0(), loopback0()), |l| l.mailboxes[i]);
             cfg.listen_addr = packet;
             cfg.http.listen = http;
+            cfg.operator_addr = operator;
             cfg.network.epoch_secs = options.epoch_secs;
             cfg.keys.grace_secs = cfg.keys.grace_secs.min(options.epoch_secs / 2);
             cfg.directory.authorities = pins.clone();
@@ -277,7 +278,7 @@ impl Devnet {
                 .collect(),
             mailboxes: mailboxes
                 .iter()
-                .map(|m| (m.packet_addr, m.http_addr))
+                .map(|m| (m.packet_addr, m.http_addr, m.operator_addr))
                 .collect(),
         };
         std::fs::write(&layout_path, toml::to_string(&layout)?)
@@ -367,7 +368,7 @@ impl Devnet {
             .iter()
             .flatten()
             .map(|m| m.http_addr)
-            .chain(self.mailboxes.iter().map(|m| m.http_addr));
+            .chain(self.mailboxes.iter().map(|m| m.operator_addr));
         for addr in addrs {
             match http.get(addr, "/healthz", 4096).await {
                 Ok((status, _)) if status.is_success() => {}

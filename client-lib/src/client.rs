@@ -16,7 +16,7 @@ use crate::fragment::{self, FragmentKey};
 use crate::identity::{Identity, IdentityPublic, safety_number};
 use crate::invite::{Invitation, check_name};
 use crate::links::Links;
-use crate::mailbox_api::MailboxApi;
+use crate::mailbox_api::{Endpoint, MailboxApi};
 use crate::seal::{self, Body, Envelope};
 use crate::store::{
     ContactRecord, ContactState, OutFragment, OutMessage, OutState, OwnedQueue, Profile, Received,
@@ -273,10 +273,10 @@ impl Inner {
         })
     }
 
-    pub(crate) fn provider_http(&self, provider: &NodeId) -> Result<std::net::SocketAddr> {
+    pub(crate) fn provider_http(&self, provider: &NodeId) -> Result<Endpoint> {
         let c = self.consensus()?;
         c.node(provider)
-            .and_then(|n| n.http_addr)
+            .and_then(Endpoint::of)
             .ok_or_else(|| Error::Unreachable {
                 reason: "the mailbox provider is not in the current consensus".into(),
             })
@@ -387,13 +387,13 @@ impl Client {
                 boxes[rand::rng().random_range(0..boxes.len())].clone()
             }
         };
-        let http = provider.http_addr.ok_or(Error::Unreachable {
+        let http = Endpoint::of(&provider).ok_or(Error::Unreachable {
             reason: "provider has no HTTP address".into(),
         })?;
         let api = MailboxApi::new(options.request_timeout);
         let mut rng = rand::rng();
-        let ack_queue = api.create_queue(&mut rng, provider.id, http).await?;
-        let loop_queue = api.create_queue(&mut rng, provider.id, http).await?;
+        let ack_queue = api.create_queue(&mut rng, provider.id, &http).await?;
+        let loop_queue = api.create_queue(&mut rng, provider.id, &http).await?;
         let identity = Identity::generate(&mut rng);
         let profile = Profile {
             identity_secret: *identity.secret_bytes(),
@@ -519,7 +519,7 @@ impl Client {
         let queue = self
             .inner
             .mailbox
-            .create_queue(&mut rand::rng(), provider, http)
+            .create_queue(&mut rand::rng(), provider, &http)
             .await?;
         let invitation = Invitation::new(
             self.identity(),
@@ -579,7 +579,7 @@ impl Client {
         let queue = self
             .inner
             .mailbox
-            .create_queue(&mut rand::rng(), provider, http)
+            .create_queue(&mut rand::rng(), provider, &http)
             .await?;
         let hello = Body::Hello {
             reply_provider: provider,

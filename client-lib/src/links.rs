@@ -1,7 +1,9 @@
 //! Packet links from the client to first-layer mix nodes: one persistent
-//! TCP connection per node, opened on first use, reconnected with backoff,
-//! fed by a bounded queue. A packet that cannot be queued is dropped and
-//! counted; the send loop's retransmission covers it.
+//! encrypted link per node (`murmur_net::connect` as an unidentified client:
+//! the mix proves the link key the consensus lists for it, the client uses
+//! a fresh key per connection), opened on first use, reconnected with
+//! backoff, fed by a bounded queue. A packet that cannot be queued is
+//! dropped and counted; the send loop's retransmission covers it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,8 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::SinkExt;
-use murmur_wire::{NodeId, Packet, PacketCodec};
-use tokio::net::TcpStream;
+use murmur_net::LinkSettings;
+use murmur_wire::link::Purpose;
+use murmur_wire::{LinkPublicKey, NodeId, Packet, PacketCodec};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
@@ -26,10 +29,12 @@ pub(crate) struct LinkStats {
     pub(crate) sent: AtomicU64,
     /// Packets dropped: queue full, or lost with a broken connection.
     pub(crate) dropped: AtomicU64,
+    /// Connections or link handshakes that failed.
+    pub(crate) handshake_failures: AtomicU64,
 }
 
 /// One link per node: its address and the queue feeding its task.
-type LinkMap = HashMap<NodeId, (SocketAddr, mpsc::Sender<Packet>)>;
+type LinkMap = HashMap<NodeId, (SocketAddr, [u8; 32], mpsc::Sender<Packet>)>;
 
 /// The client's outbound links.
 #[derive(Clone, Debug)]
@@ -56,23 +61,31 @@ impl Links {
         &self.stats
     }
 
-    /// Queues `packet` for `node` at `addr`. Returns false if it was dropped.
-    pub(crate) fn send(&self, node: NodeId, addr: SocketAddr, packet: Packet) -> bool {
+    /// Queues `packet` for `node` at `addr`, which must prove `key`.
+    /// Returns false if it was dropped.
+    pub(crate) fn send(
+        &self,
+        node: NodeId,
+        addr: SocketAddr,
+        key: &LinkPublicKey,
+        packet: Packet,
+    ) -> bool {
         let Ok(mut links) = self.inner.lock() else {
             return false;
         };
         let needs_new = match links.get(&node) {
-            Some((a, tx)) => *a != addr || tx.is_closed(),
+            Some((a, k, tx)) => *a != addr || *k != key.dh || tx.is_closed(),
             None => true,
         };
         if needs_new {
             let (tx, rx) = mpsc::channel(LINK_QUEUE);
             let stats = self.stats.clone();
             let shutdown = self.shutdown.clone();
-            self.tracker.spawn(run_link(addr, rx, stats, shutdown));
-            links.insert(node, (addr, tx));
+            self.tracker
+                .spawn(run_link(addr, key.clone(), rx, stats, shutdown));
+            links.insert(node, (addr, key.dh, tx));
         }
-        let Some((_, tx)) = links.get(&node) else {
+        let Some((_, _, tx)) = links.get(&node) else {
             return false;
         };
         match tx.try_send(packet) {
@@ -87,20 +100,26 @@ impl Links {
 
 async fn run_link(
     addr: SocketAddr,
+    key: LinkPublicKey,
     mut rx: mpsc::Receiver<Packet>,
     stats: Arc<LinkStats>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let settings = LinkSettings {
+        handshake_timeout: Duration::from_secs(5),
+        ..LinkSettings::default()
+    };
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
-            s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)) => s,
+            s = murmur_net::connect(addr, Purpose::Packets, None, &key, &settings) => s,
         };
         let stream = match stream {
-            Ok(Ok(s)) => s,
-            _ => {
-                tracing::debug!("first-hop link: connect failed; retrying");
+            Ok(s) => s,
+            Err(e) => {
+                stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "first-hop link: connect failed; retrying");
                 // Packets queued meanwhile stay queued (bounded); retry.
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -110,7 +129,6 @@ async fn run_link(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         backoff = Duration::from_millis(50);
         let mut framed = FramedWrite::new(stream, PacketCodec);
         loop {

@@ -2,29 +2,55 @@
 //! queue with a fresh owner key, fetch, delete entries, delete a queue.
 //! Every request is signed by the queue's own owner key and carries a fresh
 //! timestamp and nonce; every answer must name the request it answers.
+//! Every exchange runs inside an encrypted link to the provider, which
+//! proves it holds the link key the consensus lists for it; the client is
+//! unidentified on the link (a fresh key per connection).
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::StatusCode;
-use murmur_directory::http::{HttpClient, POSTCARD};
+use murmur_directory::http::POSTCARD;
+use murmur_net::LinkSettings;
+use murmur_net::http::LinkHttpClient;
 use murmur_wire::ed25519_dalek::SigningKey;
+use murmur_wire::link::{LinkPublicKey, Purpose};
 use murmur_wire::mailbox::{
     CreateQueue, CreateQueueResponse, FetchResponse, MAILBOX_API_VERSION, MAX_DELETE,
     MAX_FETCH_LIMIT, MAX_RESPONSE_SIZE, OwnerOp, OwnerReply, OwnerRequest, OwnerResponse,
     RequestDigest, SignedCreateQueue, SignedOwnerRequest,
 };
-use murmur_wire::{IdentityKey, NodeId};
+use murmur_wire::{IdentityKey, NodeId, NodeInfo};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::store::OwnedQueue;
 
+/// Where a provider's fetch API is and the link key it must prove.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The fetch API's address.
+    pub addr: SocketAddr,
+    /// The provider's link key.
+    pub link_key: LinkPublicKey,
+}
+
+impl Endpoint {
+    /// The fetch API of a provider as the consensus lists it (`None` for a
+    /// mix).
+    pub fn of(node: &NodeInfo) -> Option<Self> {
+        Some(Self {
+            addr: node.http_addr?,
+            link_key: node.link_key.clone(),
+        })
+    }
+}
+
 /// Talks to mailbox providers.
 #[derive(Clone, Debug)]
 pub struct MailboxApi {
-    http: HttpClient,
+    http: LinkHttpClient,
 }
 
 fn now_secs() -> u64 {
@@ -41,23 +67,35 @@ fn reason(body: &Bytes) -> String {
 }
 
 impl MailboxApi {
-    /// A client whose requests time out after `timeout`.
+    /// A client whose requests time out after `timeout` (connection and
+    /// link handshake included).
     pub fn new(timeout: Duration) -> Self {
+        let settings = LinkSettings {
+            handshake_timeout: timeout,
+            ..LinkSettings::default()
+        };
         Self {
-            http: HttpClient::new(timeout),
+            http: LinkHttpClient::new(Purpose::MailboxApi, settings, timeout),
         }
     }
 
     async fn post(
         &self,
-        addr: SocketAddr,
+        to: &Endpoint,
         path: &str,
         body: Vec<u8>,
         op: &'static str,
     ) -> Result<Bytes> {
         let (status, resp) = self
             .http
-            .post(addr, path, POSTCARD, Bytes::from(body), MAX_RESPONSE_SIZE)
+            .post(
+                to.addr,
+                &to.link_key,
+                path,
+                POSTCARD,
+                Bytes::from(body),
+                MAX_RESPONSE_SIZE,
+            )
             .await
             .map_err(|e| Error::Unreachable {
                 reason: format!("mailbox provider: {e}"),
@@ -72,12 +110,12 @@ impl MailboxApi {
         Ok(resp)
     }
 
-    /// Creates a queue at the provider listening on `addr`, owned by a fresh key.
+    /// Creates a queue at the provider at `to`, owned by a fresh key.
     pub async fn create_queue<R: rand::CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
         provider: NodeId,
-        addr: SocketAddr,
+        to: &Endpoint,
     ) -> Result<OwnedQueue> {
         let mut secret = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut secret[..]);
@@ -92,9 +130,7 @@ impl MailboxApi {
         };
         let body = SignedCreateQueue::sign(&req, &key)?.to_bytes()?;
         let digest = RequestDigest::of(&body);
-        let resp = self
-            .post(addr, "/v1/queues", body, "queue creation")
-            .await?;
+        let resp = self.post(to, "/v1/queues", body, "queue creation").await?;
         let created = CreateQueueResponse::from_bytes(&resp)?;
         if created.request != digest {
             return Err(Error::Unbound {
@@ -111,7 +147,7 @@ impl MailboxApi {
     async fn owner_request<R: rand::CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
-        addr: SocketAddr,
+        to: &Endpoint,
         queue: &OwnedQueue,
         op: OwnerOp,
         what: &'static str,
@@ -128,7 +164,7 @@ impl MailboxApi {
         };
         let body = SignedOwnerRequest::sign(&req, &key)?.to_bytes()?;
         let digest = RequestDigest::of(&body);
-        let resp = self.post(addr, "/v1/queue", body, what).await?;
+        let resp = self.post(to, "/v1/queue", body, what).await?;
         let resp = OwnerResponse::from_bytes(&resp)?;
         if resp.request != digest {
             return Err(Error::Unbound { op: what });
@@ -141,7 +177,7 @@ impl MailboxApi {
     pub async fn fetch<R: rand::CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
-        addr: SocketAddr,
+        to: &Endpoint,
         queue: &OwnedQueue,
         after: u64,
     ) -> Result<FetchResponse> {
@@ -149,7 +185,7 @@ impl MailboxApi {
             after,
             limit: MAX_FETCH_LIMIT,
         };
-        match self.owner_request(rng, addr, queue, op, "fetch").await? {
+        match self.owner_request(rng, to, queue, op, "fetch").await? {
             OwnerReply::Fetched(page) => {
                 page.check(after, MAX_FETCH_LIMIT)?;
                 Ok(page)
@@ -163,7 +199,7 @@ impl MailboxApi {
     pub async fn delete<R: rand::CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
-        addr: SocketAddr,
+        to: &Endpoint,
         queue: &OwnedQueue,
         seqs: &[u64],
     ) -> Result<u64> {
@@ -172,7 +208,7 @@ impl MailboxApi {
             let op = OwnerOp::Delete {
                 seqs: chunk.to_vec(),
             };
-            match self.owner_request(rng, addr, queue, op, "deletion").await? {
+            match self.owner_request(rng, to, queue, op, "deletion").await? {
                 OwnerReply::Deleted { deleted: n } if n <= chunk.len() as u64 => deleted += n,
                 _ => return Err(Error::Unbound { op: "deletion" }),
             }
@@ -184,11 +220,11 @@ impl MailboxApi {
     pub async fn delete_queue<R: rand::CryptoRng + ?Sized>(
         &self,
         rng: &mut R,
-        addr: SocketAddr,
+        to: &Endpoint,
         queue: &OwnedQueue,
     ) -> Result<()> {
         match self
-            .owner_request(rng, addr, queue, OwnerOp::DeleteQueue, "queue deletion")
+            .owner_request(rng, to, queue, OwnerOp::DeleteQueue, "queue deletion")
             .await?
         {
             OwnerReply::QueueDeleted => Ok(()),

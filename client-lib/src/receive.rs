@@ -76,13 +76,13 @@ async fn drain(
     queue: &OwnedQueue,
     cursor: &mut u64,
 ) -> Result<u64> {
-    let addr = inner.provider_http(&queue.provider)?;
+    let to = inner.provider_http(&queue.provider)?;
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let mut delivered = 0;
     // Bounded: a queue holds at most its quota; stop after a generous number
     // of pages so one busy queue cannot starve the others.
     for _ in 0..64 {
-        let resp = inner.mailbox.fetch(&mut rng, addr, queue, *cursor).await?;
+        let resp = inner.mailbox.fetch(&mut rng, &to, queue, *cursor).await?;
         if resp.entries.is_empty() {
             break;
         }
@@ -96,7 +96,7 @@ async fn drain(
         if !outcome.delete.is_empty() {
             inner
                 .mailbox
-                .delete(&mut rng, addr, queue, &outcome.delete)
+                .delete(&mut rng, &to, queue, &outcome.delete)
                 .await?;
         }
         let stopped_early = outcome.stopped_early;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use murmur_wire::packet::MIX_LAYERS;
 use murmur_wire::policy::{ClientSchedule, Stream, erlang_quantile, select_route_avoiding};
 use murmur_wire::{
-    DEPOSIT_BODY_SIZE, Deposit, Destination, FinalPayload, MessageId, NodeId, Packet, QueueId,
-    SurbId, SurbRecovery, VerifiedConsensus, build_forward_packet, build_surb,
+    DEPOSIT_BODY_SIZE, Deposit, Destination, FinalPayload, LinkPublicKey, MessageId, NodeId,
+    Packet, QueueId, SurbId, SurbRecovery, VerifiedConsensus, build_forward_packet, build_surb,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -83,15 +83,19 @@ pub(crate) fn ack_timeout(inner: &Inner, consensus: &VerifiedConsensus) -> Durat
 struct Built {
     first_hop: NodeId,
     addr: SocketAddr,
+    link_key: LinkPublicKey,
     packet: Packet,
     surb: Option<(SurbId, SurbRecovery, MessageId)>,
     route: Vec<NodeId>,
 }
 
-fn first_hop_addr(consensus: &VerifiedConsensus, id: &NodeId) -> Result<SocketAddr> {
+fn first_hop_addr(
+    consensus: &VerifiedConsensus,
+    id: &NodeId,
+) -> Result<(SocketAddr, LinkPublicKey)> {
     consensus
         .node(id)
-        .map(|n| n.packet_addr)
+        .map(|n| (n.packet_addr, n.link_key.clone()))
         .ok_or(Error::Unreachable {
             reason: "first hop missing from the consensus".into(),
         })
@@ -122,9 +126,11 @@ fn build_real(
     let first_hop = route.first_hop();
     let mut nodes: Vec<NodeId> = route.hops()[..MIX_LAYERS].iter().map(|h| h.id).collect();
     nodes.extend(ack_route.hops()[..MIX_LAYERS].iter().map(|h| h.id));
+    let (addr, link_key) = first_hop_addr(consensus, &first_hop)?;
     Ok(Built {
         first_hop,
-        addr: first_hop_addr(consensus, &first_hop)?,
+        addr,
+        link_key,
         packet,
         surb: Some((surb_id, recovery, deposit_id)),
         route: nodes,
@@ -158,9 +164,11 @@ fn build_cover(
     let packet =
         build_forward_packet(&mut rng, &route, Destination::from(dest), &payload.encode())?;
     let first_hop = route.first_hop();
+    let (addr, link_key) = first_hop_addr(consensus, &first_hop)?;
     Ok(Built {
         first_hop,
-        addr: first_hop_addr(consensus, &first_hop)?,
+        addr,
+        link_key,
         packet,
         surb: None,
         route: Vec::new(),
@@ -284,7 +292,9 @@ fn send_built(inner: &Inner, key: (MessageId, u32), built: Built, timeout: Durat
             );
         }
     }
-    inner.links.send(built.first_hop, built.addr, built.packet);
+    inner
+        .links
+        .send(built.first_hop, built.addr, &built.link_key, built.packet);
     let counter = if first_try {
         &inner.counters.real_sent
     } else {
@@ -328,7 +338,9 @@ async fn send_cover(inner: &Arc<Inner>, consensus: Arc<VerifiedConsensus>, is_lo
             .drop_cover_sent
             .fetch_add(1, Ordering::Relaxed);
     }
-    inner.links.send(built.first_hop, built.addr, built.packet);
+    inner
+        .links
+        .send(built.first_hop, built.addr, &built.link_key, built.packet);
 }
 
 /// The Loopix send loop.
@@ -533,12 +545,15 @@ mod tests {
                 layer: i % 3,
                 identity: key(i + 1),
                 packet_addr: addr(1000 + u16::from(i)),
+                link_key: murmur_wire::LinkSecretKey::derive(&[i + 1; 32])
+                    .public()
+                    .clone(),
                 sphinx_key: sphinx,
             })
             .collect();
         mixes.sort_by_key(|m| (m.layer, m.identity));
         let doc = Consensus {
-            version: 1,
+            version: murmur_wire::directory::CONSENSUS_VERSION,
             epoch: 10,
             valid_after: 10 * l,
             valid_until: 11 * l,
@@ -556,6 +571,9 @@ mod tests {
                 identity: key(50),
                 packet_addr: addr(2000),
                 http_addr: addr(2001),
+                link_key: murmur_wire::LinkSecretKey::derive(&[50; 32])
+                    .public()
+                    .clone(),
                 sphinx_key: sphinx,
             }],
         };

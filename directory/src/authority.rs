@@ -637,6 +637,19 @@ impl Authority {
                 "packet address is already claimed by another node identity".into(),
             ));
         }
+        let link = &d.descriptor().link_key.dh;
+        let link_claimed = st.descriptors.values().any(|o| {
+            o.id() != d.id()
+                && o.descriptor().link_key.dh == *link
+                && o.descriptor().last_epoch().unwrap_or(0) >= epoch
+        });
+        if link_claimed {
+            return Err(Refusal(
+                StatusCode::CONFLICT,
+                "link_key_claimed",
+                "link key is already claimed by another node identity".into(),
+            ));
+        }
         let name = Store::descriptor_name(&d.id());
         let stored = match d.signed().to_bytes() {
             Ok(bytes) => self

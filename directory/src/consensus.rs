@@ -190,16 +190,22 @@ pub fn compute(
         }
     }
 
-    // Packet address conflicts.
+    // Packet address and link key conflicts: each may belong to one node.
+    // The claim listed by the most authorities wins; on a tie, none does.
     let mut by_addr: BTreeMap<SocketAddr, Vec<(usize, NodeId)>> = BTreeMap::new();
+    let mut by_link_key: BTreeMap<[u8; 32], Vec<(usize, NodeId)>> = BTreeMap::new();
     for (id, (listed, d)) in &included {
         by_addr
             .entry(d.descriptor().packet_addr)
             .or_default()
             .push((*listed, *id));
+        by_link_key
+            .entry(d.descriptor().link_key.dh)
+            .or_default()
+            .push((*listed, *id));
     }
     let mut dropped = BTreeSet::new();
-    for claims in by_addr.values() {
+    for claims in by_addr.values().chain(by_link_key.values()) {
         if claims.len() < 2 {
             continue;
         }
@@ -228,6 +234,7 @@ pub fn compute(
                 identity: desc.identity,
                 packet_addr: desc.packet_addr,
                 http_addr,
+                link_key: desc.link_key.clone(),
                 sphinx_key,
             }),
             // A verified mailbox descriptor always has an HTTP address.
@@ -247,6 +254,7 @@ pub fn compute(
             layer,
             identity: desc.identity,
             packet_addr: desc.packet_addr,
+            link_key: desc.link_key.clone(),
             sphinx_key,
         });
     }
@@ -303,11 +311,14 @@ mod tests {
     fn desc(n: u8, role: Role, port: u16, published_at: u64) -> SignedDescriptor {
         let key = SigningKey::from_bytes(&[n; 32]);
         let d = Descriptor {
-            version: 1,
+            version: murmur_wire::directory::DESCRIPTOR_VERSION,
             identity: IdentityKey::from(&key.verifying_key()),
             role,
             packet_addr: SocketAddr::from(([127, 0, 0, 1], port)),
             http_addr: (role == Role::Mailbox).then(|| SocketAddr::from(([127, 0, 0, 1], 1))),
+            link_key: murmur_wire::LinkSecretKey::derive(&key.to_bytes())
+                .public()
+                .clone(),
             sphinx_keys: vec![EpochKey {
                 epoch: 10,
                 key: SphinxPublicKey([n; 32]),

@@ -22,7 +22,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -132,6 +133,33 @@ pub async fn serve<H, F>(
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
 {
+    serve_with(
+        listener,
+        |stream: TcpStream| async move { Some(stream) },
+        handler,
+        limits,
+        shutdown,
+    )
+    .await;
+}
+
+/// [`serve`] on connections that `accept` turns into streams first (the
+/// link handshake of an encrypted listener); a connection for which it
+/// gives `None` is closed. `accept` runs in the connection's own task,
+/// under the connection cap and within the connection's lifetime.
+pub async fn serve_with<A, AF, IO, H, F>(
+    listener: TcpListener,
+    accept: A,
+    handler: H,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) where
+    A: Fn(TcpStream) -> AF + Clone + Send + Sync + 'static,
+    AF: Future<Output = Option<IO>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = HttpResponse> + Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let tracker = TaskTracker::new();
@@ -155,23 +183,36 @@ pub async fn serve<H, F>(
             },
         };
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .max_buf_size(64 * 1024)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let accept = accept.clone();
+        let watcher = graceful.watcher();
         let lifetime = limits.connection_timeout;
+        let header_timeout = limits.header_timeout;
+        let conn_shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(lifetime, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
-                Err(_) => tracing::debug!("HTTP connection closed after its lifetime"),
+            let serve_one = async move {
+                let io = tokio::select! {
+                    _ = conn_shutdown.cancelled() => return,
+                    io = accept(stream) => match io {
+                        Some(io) => io,
+                        None => return,
+                    },
+                };
+                let service = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(io), service);
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+            };
+            if tokio::time::timeout(lifetime, serve_one).await.is_err() {
+                tracing::debug!("HTTP connection closed after its lifetime");
             }
         });
     }

@@ -129,7 +129,7 @@ async fn rogue(
                     let (valid_after, valid_until) =
                         murmur_directory::consensus::validity(epoch, EPOCH);
                     let doc = murmur_wire::Consensus {
-                        version: 1,
+                        version: murmur_wire::directory::CONSENSUS_VERSION,
                         epoch,
                         valid_after,
                         valid_until,

@@ -1,5 +1,7 @@
-//! The fetch API over HTTP: queue creation, owner requests (fetch, ack,
-//! delete), `/metrics` and `/healthz`.
+//! The fetch API over HTTP: queue creation and owner requests (fetch,
+//! delete entries, delete the queue), served on encrypted links
+//! ([`Api::handle`]); and the operator's `/metrics` and `/healthz`, served
+//! on a separate plain listener ([`Api::handle_operator`]).
 //!
 //! Every refusal is a 4xx/5xx with a one-line plain-text reason, counted by
 //! reason in `murmur_mailbox_api_errors_total`:
@@ -163,32 +165,39 @@ impl Api {
         self
     }
 
-    /// Serves one HTTP request.
+    /// Serves one request of the operator's listener: `/metrics` and
+    /// `/healthz` (nothing of the fetch API).
+    pub async fn handle_operator(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/healthz") => match &self.health {
+                Some(check) => {
+                    let (status, body) = (check.0)();
+                    text(status, body)
+                }
+                None => text(StatusCode::OK, "ok"),
+            },
+            (&Method::GET, "/metrics") => match self.metrics.render() {
+                Ok(body) => response(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                ),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not encode metrics",
+                ),
+            },
+            (_, "/healthz" | "/metrics") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => text(StatusCode::NOT_FOUND, "no such endpoint"),
+        }
+    }
+
+    /// Serves one request of the fetch API (on an encrypted link).
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
         let method = req.method().clone();
         let result = match (method, req.uri().path()) {
-            (Method::GET, "/healthz") => {
-                return match &self.health {
-                    Some(check) => {
-                        let (status, body) = (check.0)();
-                        text(status, body)
-                    }
-                    None => text(StatusCode::OK, "ok"),
-                };
-            }
-            (Method::GET, "/metrics") => {
-                return match self.metrics.render() {
-                    Ok(body) => response(
-                        StatusCode::OK,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        body,
-                    ),
-                    Err(_) => text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "could not encode metrics",
-                    ),
-                };
-            }
             (Method::POST, "/v1/queues") => match self.body(req).await {
                 Ok(body) => self.create(&body).await,
                 Err(r) => Err(r),
@@ -197,7 +206,7 @@ impl Api {
                 Ok(body) => self.owner(&body).await,
                 Err(r) => Err(r),
             },
-            (_, "/healthz" | "/metrics" | "/v1/queues" | "/v1/queue") => Err(refuse(
+            (_, "/v1/queues" | "/v1/queue") => Err(refuse(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "not_found",
                 "method not allowed",

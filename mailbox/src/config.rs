@@ -35,6 +35,8 @@ pub struct ExampleOptions {
     pub http_listen: SocketAddr,
     /// `http.public_addr`, if given.
     pub http_public_addr: Option<SocketAddr>,
+    /// `operator_addr` (`/metrics`, `/healthz`).
+    pub operator_addr: SocketAddr,
     /// `[[directory.authorities]]`.
     pub authorities: Vec<AuthorityPin>,
     /// `directory.threshold`.
@@ -49,6 +51,7 @@ impl Default for ExampleOptions {
             public_addr: None,
             http_listen: c.http.listen,
             http_public_addr: None,
+            operator_addr: c.operator_addr,
             authorities: Vec::new(),
             threshold: c.directory.threshold,
         }
@@ -92,10 +95,15 @@ listen_addr = "{listen}"
 # Defaults to the bound listen address, which must then be a concrete
 # address (not 0.0.0.0 or ::).
 {public}
+# Where /metrics (Prometheus) and /healthz are served, in plain HTTP, for
+# the operator only: keep it on loopback or a private network. Port 0 picks
+# a free port.
+operator_addr = "{operator}"
 
 {node_sections}[http]
-# Address of the fetch API (POST /v1/queues, POST /v1/queue), /metrics and
-# /healthz. Port 0 picks a free port.
+# Address of the fetch API (POST /v1/queues, POST /v1/queue). Every
+# connection is an encrypted link (docs/protocol.md §4) that authenticates
+# this provider by the link key in its descriptor. Port 0 picks a free port.
 listen = "{http_listen}"
 # The fetch API address published in the descriptor (where clients fetch).
 # Defaults to the bound listen address, which must then be a concrete
@@ -140,6 +148,7 @@ nonce_cache_capacity = {nonces}
         key_file = d.identity_key_file.display(),
         listen = o.listen_addr,
         public = optional("public_addr", o.public_addr, "203.0.113.7:7481"),
+        operator = o.operator_addr,
         http_listen = o.http_listen,
         http_public = optional("public_addr", o.http_public_addr, "203.0.113.7:7480"),
         http_max = h.max_connections,
@@ -171,6 +180,8 @@ pub struct Config {
     /// The packet address published in the descriptor; defaults to the
     /// bound `listen_addr`.
     pub public_addr: Option<SocketAddr>,
+    /// Where `/metrics` and `/healthz` are served (plain HTTP, operators only).
+    pub operator_addr: SocketAddr,
     /// Network-wide settings that must match the authorities'.
     pub network: NetworkSettings,
     /// The directory authorities the provider registers with and follows.
@@ -181,7 +192,7 @@ pub struct Config {
     pub engine: EngineLimits,
     /// Replay cache sizing and persistence.
     pub replay: ReplaySettings,
-    /// The HTTP server (fetch API, metrics, health).
+    /// The fetch API's server.
     pub http: HttpConfig,
     /// Storage limits and the write path.
     pub storage: StorageConfig,
@@ -196,6 +207,7 @@ impl Default for Config {
             identity_key_file: PathBuf::from("identity.key"),
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 7481)),
             public_addr: None,
+            operator_addr: SocketAddr::from(([127, 0, 0, 1], 7482)),
             network: NetworkSettings::default(),
             directory: DirectorySettings::default(),
             keys: KeySettings::default(),
@@ -508,11 +520,13 @@ mod tests {
             public_addr: Some("192.0.2.1:7481".parse().unwrap()),
             http_listen: "0.0.0.0:7480".parse().unwrap(),
             http_public_addr: Some("192.0.2.1:7480".parse().unwrap()),
+            operator_addr: "127.0.0.1:9482".parse().unwrap(),
             authorities: vec![pin()],
             threshold: 1,
         };
         let text = example_config(&options);
         let parsed = Config::parse(&text, Path::new("example.toml")).unwrap();
+        assert_eq!(parsed.operator_addr, options.operator_addr);
         assert_eq!(parsed.listen_addr, options.listen_addr);
         assert_eq!(parsed.public_addr, options.public_addr);
         assert_eq!(parsed.http.listen, options.http_listen);
@@ -522,6 +536,7 @@ mod tests {
         let expected = Config {
             listen_addr: options.listen_addr,
             public_addr: options.public_addr,
+            operator_addr: options.operator_addr,
             http: HttpConfig {
                 listen: options.http_listen,
                 public_addr: options.http_public_addr,
@@ -555,12 +570,13 @@ mod tests {
                 "keys",
                 "listen_addr",
                 "network",
+                "operator_addr",
                 "replay",
                 "storage"
             ]
         );
         let engine = value["engine"].as_table().unwrap();
-        assert_eq!(engine.len(), 14);
+        assert_eq!(engine.len(), 16);
         let replay = value["replay"].as_table().unwrap();
         assert_eq!(replay.len(), 4);
     }

@@ -24,14 +24,18 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use http::StatusCode;
 use murmur_directory::clock::Clock;
-use murmur_directory::http::spawn_server;
+use murmur_directory::http::{ServerLimits, serve_with, spawn_server};
 use murmur_directory::{DirectoryClient, spawn_follower};
-use murmur_mixnode::engine::{Engine, EngineConfig, EngineHandle, EngineStats, Outbound, Topology};
+use murmur_mixnode::engine::{
+    ClientPolicy, Engine, EngineConfig, EngineHandle, EngineStats, LinkConfig, Outbound, Topology,
+};
 use murmur_mixnode::keys::{KeyManager, spawn_rotation};
 use murmur_mixnode::registration::{RegistrationMetrics, WatchTopology, spawn_registration};
+use murmur_net::LinkSettings;
 use murmur_wire::directory::DESCRIPTOR_VERSION;
+use murmur_wire::link::Purpose;
 use murmur_wire::policy::epoch_at;
-use murmur_wire::{Descriptor, IdentityKey, NodeId, Packet, Role, SignedDescriptor};
+use murmur_wire::{Descriptor, IdentityKey, LinkSecretKey, NodeId, Packet, Role, SignedDescriptor};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -55,10 +59,13 @@ pub struct MailboxHandle {
     pub packet_addr: SocketAddr,
     /// The packet address published in the descriptor.
     pub public_addr: SocketAddr,
-    /// The bound address of the fetch API, `/metrics` and `/healthz`.
+    /// The bound address of the fetch API (encrypted links).
     pub http_addr: SocketAddr,
     /// The fetch API address published in the descriptor.
     pub public_http_addr: SocketAddr,
+    /// The bound address of `/metrics` and `/healthz` (plain HTTP, for the
+    /// operator).
+    pub operator_addr: SocketAddr,
     /// The provider's node id (from its identity key).
     pub node_id: NodeId,
     metrics: Arc<Metrics>,
@@ -78,6 +85,7 @@ impl std::fmt::Debug for MailboxHandle {
             .field("public_addr", &self.public_addr)
             .field("http_addr", &self.http_addr)
             .field("public_http_addr", &self.public_http_addr)
+            .field("operator_addr", &self.operator_addr)
             .field("node_id", &self.node_id)
             .finish_non_exhaustive()
     }
@@ -162,6 +170,7 @@ fn sign_descriptor(
         role: Role::Mailbox,
         packet_addr,
         http_addr: Some(http_addr),
+        link_key: LinkSecretKey::derive(&identity.to_bytes()).public().clone(),
         sphinx_keys: keys.public_keys(now_secs),
         published_at: now_secs,
     };
@@ -269,6 +278,7 @@ async fn start_inner(
 ) -> Result<MailboxHandle> {
     config.validate()?;
     let node_id = IdentityKey::from(&identity.verifying_key()).node_id();
+    let link_key = Arc::new(LinkSecretKey::derive(&identity.to_bytes()));
     private_dir(&config.data_dir)?;
     let db_path = config.database_path();
     let quota = config.storage.quota();
@@ -325,6 +335,13 @@ async fn start_inner(
             key_lifetime: config.key_lifetime(),
             limits: config.engine.clone(),
             replay: config.replay.clone(),
+            // Only mixes deliver to a provider: no client links here.
+            link: LinkConfig {
+                key: link_key.clone(),
+                node_id,
+                clients: ClientPolicy::Never,
+                settings: LinkSettings::default(),
+            },
         },
         keys.ring(),
         topology.clone(),
@@ -362,10 +379,61 @@ async fn start_inner(
         )
         .with_health(health),
     );
-    let (http_addr, http_task) = match spawn_server(
-        config.http.listen,
-        move |req| api.clone().handle(req),
-        config.http.limits(),
+    // The fetch API: every connection is a link to this provider (the
+    // client knows its link key from the consensus), then HTTP inside it.
+    let api_listener = match tokio::net::TcpListener::bind(config.http.listen).await {
+        Ok(l) => l,
+        Err(source) => {
+            abort(shutdown, Some(&engine), mailbox, writer).await;
+            return Err(Error::Bind {
+                addr: config.http.listen,
+                source,
+            });
+        }
+    };
+    let http_addr = api_listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.http.listen,
+        source,
+    })?;
+    let link_settings = LinkSettings {
+        handshake_timeout: Duration::from_secs(config.http.header_timeout_secs),
+        rekey_interval: Duration::from_secs(config.engine.link_rekey_secs),
+    };
+    let accept = {
+        let (link_key, metrics) = (link_key.clone(), metrics.clone());
+        move |tcp: tokio::net::TcpStream| {
+            let (link_key, metrics) = (link_key.clone(), metrics.clone());
+            async move {
+                let _ = tcp.set_nodelay(true);
+                match murmur_net::accept(tcp, Purpose::MailboxApi, &link_key, &link_settings).await
+                {
+                    Ok(link) => Some(link.stream),
+                    Err(e) => {
+                        metrics.api_handshake_failed(e.label());
+                        tracing::debug!(error = %e, "fetch API link handshake failed");
+                        None
+                    }
+                }
+            }
+        }
+    };
+    let http_task = {
+        let api = api.clone();
+        tokio::spawn(serve_with(
+            api_listener,
+            accept,
+            move |req| api.clone().handle(req),
+            config.http.limits(),
+            shutdown.clone(),
+        ))
+    };
+    let (operator_addr, operator_task) = match spawn_server(
+        config.operator_addr,
+        move |req| api.clone().handle_operator(req),
+        ServerLimits {
+            max_connections: 32,
+            ..ServerLimits::default()
+        },
         shutdown.clone(),
     )
     .await
@@ -374,7 +442,7 @@ async fn start_inner(
         Err(source) => {
             abort(shutdown, Some(&engine), mailbox, writer).await;
             return Err(Error::Bind {
-                addr: config.http.listen,
+                addr: config.operator_addr,
                 source,
             });
         }
@@ -417,12 +485,12 @@ async fn start_inner(
         );
     }
     tasks.close();
-    tracing::info!(%node_id, %packet_addr, %http_addr, "mailbox provider started");
+    tracing::info!(%node_id, %packet_addr, %http_addr, %operator_addr, "mailbox provider started");
 
     let done = CancellationToken::new();
     let stopped = tokio::spawn(stop_when_cancelled(
         shutdown.clone(),
-        http_task,
+        [http_task, operator_task],
         engine.clone(),
         tasks,
         mailbox,
@@ -435,6 +503,7 @@ async fn start_inner(
         public_addr,
         http_addr,
         public_http_addr,
+        operator_addr,
         node_id,
         metrics,
         engine,
@@ -456,7 +525,7 @@ async fn start_inner(
 #[allow(clippy::too_many_arguments)]
 async fn stop_when_cancelled(
     shutdown: CancellationToken,
-    http_task: JoinHandle<()>,
+    http_tasks: [JoinHandle<()>; 2],
     engine: Arc<EngineHandle>,
     tasks: TaskTracker,
     mailbox: Mailbox,
@@ -465,8 +534,10 @@ async fn stop_when_cancelled(
     done: CancellationToken,
 ) {
     shutdown.cancelled().await;
-    if http_task.await.is_err() {
-        tracing::error!("the HTTP server task panicked");
+    for task in http_tasks {
+        if task.await.is_err() {
+            tracing::error!("an HTTP server task panicked");
+        }
     }
     engine.wait().await;
     tasks.wait().await;

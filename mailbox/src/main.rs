@@ -45,9 +45,12 @@ enum Command {
         /// listening on a wildcard address).
         #[arg(long)]
         public_addr: Option<SocketAddr>,
-        /// Address of the fetch API, /metrics and /healthz.
+        /// Address of the fetch API (encrypted links).
         #[arg(long, default_value = "127.0.0.1:7480")]
         http: SocketAddr,
+        /// Address of /metrics and /healthz (plain HTTP: keep it private).
+        #[arg(long, default_value = "127.0.0.1:7482")]
+        operator: SocketAddr,
         /// Fetch API address published to the directory (needed when the
         /// HTTP server listens on a wildcard address).
         #[arg(long)]
@@ -81,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             public_addr,
             http,
+            operator,
             http_public_addr,
             authorities,
             threshold,
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
                 public_addr,
                 http_listen: http,
                 http_public_addr,
+                operator_addr: operator,
                 authorities,
                 threshold,
             };
@@ -139,6 +144,7 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         // Tests and scripts read the bound addresses from stdout.
         println!("packet_addr {}", handle.packet_addr);
         println!("http_addr {}", handle.http_addr);
+        println!("operator_addr {}", handle.operator_addr);
         wait_for_signal().await?;
         tracing::info!("shutting down");
         shutdown.cancel();

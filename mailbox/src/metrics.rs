@@ -109,6 +109,7 @@ pub struct Metrics {
     pub(crate) reaped: Counter,
     pub(crate) queues: Gauge<u64, AtomicU64>,
     api_errors: Counters,
+    api_handshakes: Counters,
 }
 
 fn per_outcome(family: &Counters) -> [Counter; 6] {
@@ -147,6 +148,12 @@ impl Metrics {
             // Create each series up front so that it shows at zero.
             drop(api_errors.get_or_create(&[("reason", reason)]));
         }
+        let api_handshakes = Counters::default();
+        registry.register(
+            "api_link_handshake_failures",
+            "Link handshakes on the fetch API's listener that failed, by reason (timeout, io, bad_message1..3)",
+            api_handshakes.clone(),
+        );
         let m = Self {
             deposits: per_outcome(&deposits),
             loops: per_outcome(&loops),
@@ -167,6 +174,7 @@ impl Metrics {
             reaped: Counter::default(),
             queues: Gauge::default(),
             api_errors,
+            api_handshakes,
             registry,
             node: OnceLock::new(),
         };
@@ -276,6 +284,20 @@ impl Metrics {
 
     pub(crate) fn api_error(&self, reason: &'static str) {
         self.api_errors.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub(crate) fn api_handshake_failed(&self, reason: &'static str) {
+        self.api_handshakes
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// Failed link handshakes on the fetch API's listener with the given
+    /// reason label so far (for tests).
+    pub fn api_handshake_failures(&self, reason: &'static str) -> u64 {
+        self.api_handshakes
+            .get_or_create(&[("reason", reason)])
+            .get()
     }
 
     /// Deposits with the given outcome label so far (for tests and benchmarks).

@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 struct Server {
     _dir: tempfile::TempDir,
     addr: SocketAddr,
+    /// `/metrics` and `/healthz` (the operator's listener).
+    operator: SocketAddr,
     mailbox: Mailbox,
     sink: Arc<CaptureSink>,
     clock: OffsetClock,
@@ -58,9 +60,18 @@ impl Server {
             },
         ));
         let shutdown = CancellationToken::new();
+        let public = api.clone();
         let (addr, task) = spawn_server(
             "127.0.0.1:0".parse().unwrap(),
-            move |req| api.clone().handle(req),
+            move |req| public.clone().handle(req),
+            ServerLimits::default(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let (operator, _operator_task) = spawn_server(
+            "127.0.0.1:0".parse().unwrap(),
+            move |req| api.clone().handle_operator(req),
             ServerLimits::default(),
             shutdown.clone(),
         )
@@ -69,6 +80,7 @@ impl Server {
         Self {
             _dir: dir,
             addr,
+            operator,
             mailbox,
             sink,
             clock,
@@ -282,10 +294,20 @@ async fn deposit_fetch_delete_and_every_refusal() {
     assert_eq!(status, StatusCode::OK);
     assert!(page_of(&body).entries.is_empty());
 
-    // Health and metrics.
-    let (status, _) = s.client.get(s.addr, "/healthz", 1024).await.unwrap();
+    // Health and metrics: on the operator's listener, never on the API's.
+    for path in ["/healthz", "/metrics"] {
+        let (status, _) = s.client.get(s.addr, path, 1024).await.unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path} on the fetch API");
+    }
+    let (status, _) = s.client.get(s.operator, "/healthz", 1024).await.unwrap();
     assert_eq!(status, StatusCode::OK);
-    let (status, text) = s.client.get(s.addr, "/metrics", 1 << 20).await.unwrap();
+    let (status, _) = s.client.get(s.operator, "/v1/queues", 1024).await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the API on the operator's listener"
+    );
+    let (status, text) = s.client.get(s.operator, "/metrics", 1 << 20).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     let text = reason(&text);
     for line in [

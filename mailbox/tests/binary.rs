@@ -33,6 +33,7 @@ fn init(dir: &Path, auth: &AuthorityHandle, listen: SocketAddr, http: SocketAddr
         .args(["init", "--dir"])
         .arg(dir)
         .args(["--listen", &listen.to_string(), "--http", &http.to_string()])
+        .args(["--operator", "127.0.0.1:0"])
         .arg("--authority")
         .arg(format!("{}={}", auth.addr, auth.key.to_base58()))
         .output()
@@ -58,6 +59,7 @@ struct Running {
     child: Child,
     packet_addr: SocketAddr,
     http_addr: SocketAddr,
+    operator_addr: SocketAddr,
 }
 
 /// `murmur-mailbox run`; returns once it printed its bound addresses.
@@ -83,10 +85,12 @@ fn run(config: &Path) -> Running {
     };
     let packet_addr = addr("packet_addr ");
     let http_addr = addr("http_addr ");
+    let operator_addr = addr("operator_addr ");
     Running {
         child,
         packet_addr,
         http_addr,
+        operator_addr,
     }
 }
 
@@ -124,22 +128,18 @@ async fn an_acknowledged_deposit_survives_sigkill_and_is_stored_once() {
     // says it is (as an operator's would be).
     let node = dir.path().join("node");
     let config = init(&node, &auth, free_port(), free_port());
-    let node_id = murmur_wire::IdentityKey::from(
-        &murmur_mailbox::load_identity(&node.join("identity.key"))
-            .unwrap()
-            .verifying_key(),
-    )
-    .node_id();
+    let me = murmur_mailbox::load_identity(&node.join("identity.key")).unwrap();
+    let node_id = murmur_wire::IdentityKey::from(&me.verifying_key()).node_id();
 
     let first = run(&config);
-    wait_healthy(first.http_addr).await;
+    wait_healthy(first.operator_addr).await;
     let (hop, packet_addr, http_addr) = listed(&auth, &*clock, node_id).await;
     assert_eq!(
         (packet_addr, http_addr),
         (first.packet_addr, first.http_addr)
     );
 
-    let api = Owner::new(first.http_addr, clock.clone());
+    let api = Owner::new(first.http_addr, &me, clock.clone());
     let (recipient, sender) = (owner_key(1), owner_key(2));
     let inbox = api.create(&recipient).await;
     let ack_queue = api.create(&sender).await;
@@ -152,7 +152,9 @@ async fn an_acknowledged_deposit_survives_sigkill_and_is_stored_once() {
     let mut recoveries = Vec::new();
     for n in 1..=2 {
         let (packet, recovery) = client.deposit(hop, inbox, id, 0xA5, hop, ack_queue);
-        send_packets(first.packet_addr, &[&packet]).await;
+        // The only node of this one-provider network is the provider: the
+        // test speaks as it.
+        send_packets(first.packet_addr, &me, &me, &[&packet]).await;
         let acks = api.fetch_at_least(&sender, ack_queue, n).await;
         assert_eq!(open_ack(&acks.entries[n - 1].item, &recovery), id);
         recoveries.push(recovery);
@@ -165,8 +167,8 @@ async fn an_acknowledged_deposit_survives_sigkill_and_is_stored_once() {
 
     let second = run(&config);
     assert_eq!(second.packet_addr, first.packet_addr);
-    wait_healthy(second.http_addr).await;
-    let api = Owner::new(second.http_addr, clock.clone());
+    wait_healthy(second.operator_addr).await;
+    let api = Owner::new(second.http_addr, &me, clock.clone());
     let got = api.fetch(&recipient, inbox).await;
     assert_eq!(got.entries.len(), 1, "{:?}", got.entries);
     match &got.entries[0].item {
@@ -182,7 +184,7 @@ async fn an_acknowledged_deposit_survives_sigkill_and_is_stored_once() {
     // One more retransmission after the restart: recognised, acknowledged
     // again, not stored again.
     let (packet, recovery) = client.deposit(hop, inbox, id, 0xA5, hop, ack_queue);
-    send_packets(second.packet_addr, &[&packet]).await;
+    send_packets(second.packet_addr, &me, &me, &[&packet]).await;
     let acks = api.fetch_at_least(&sender, ack_queue, 3).await;
     assert_eq!(open_ack(&acks.entries[2].item, &recovery), id);
     assert_eq!(api.fetch(&recipient, inbox).await.entries.len(), 1);
@@ -228,7 +230,7 @@ async fn init_then_run_on_port_zero_then_sigterm() {
 
     let running = run(&config);
     assert_ne!(running.packet_addr.port(), 0);
-    let body = wait_healthy(running.http_addr).await;
+    let body = wait_healthy(running.operator_addr).await;
     assert!(body.contains("listed as a mailbox"), "{body}");
     assert!(node.join("mailbox.redb").exists());
     assert!(node.join("keys").is_dir());

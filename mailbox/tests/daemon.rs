@@ -21,7 +21,7 @@ use murmur_mailbox::{
     Config, MailboxHandle, Quota, RedbStore, start_mailbox, start_mailbox_with_topology,
 };
 use murmur_mixnode::config::AuthorityPin;
-use murmur_mixnode::engine::{DropReason, StaticTopology};
+use murmur_mixnode::engine::{CloseReason, DropReason, StaticTopology};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::mailbox::QueueItem;
 use murmur_wire::{Ack, MessageId};
@@ -41,6 +41,7 @@ fn config(dir: &std::path::Path, auth: &murmur_directory::AuthorityHandle) -> Co
     let mut c = Config::new(dir);
     c.listen_addr = "127.0.0.1:0".parse().unwrap();
     c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.operator_addr = "127.0.0.1:0".parse().unwrap();
     c.network.epoch_secs = L;
     c.engine.workers = 1;
     c.engine.reconnect_min_ms = 20;
@@ -90,7 +91,7 @@ async fn a_deposit_is_acknowledged_through_the_mixnet_fetched_and_a_replay_dropp
     // Both register and are listed as mailboxes, with the addresses they
     // bound (port 0 was resolved before the descriptor was made).
     for b in &boxes {
-        let body = wait_healthy(b.http_addr).await;
+        let body = wait_healthy(b.operator_addr).await;
         assert!(body.contains("listed as a mailbox"), "{body}");
         assert!(b.registration_metrics().registrations() >= 1);
         let (hop, packet_addr, http_addr) = listed(&auth, &*clock, b.node_id).await;
@@ -105,7 +106,9 @@ async fn a_deposit_is_acknowledged_through_the_mixnet_fetched_and_a_replay_dropp
     let published = mailbox.descriptor().unwrap().verify().unwrap();
     assert_eq!(published.descriptor().key_for(epoch), Some(hop.key));
 
-    let api = Owner::new(mailbox.http_addr, clock.clone());
+    let me = SigningKey::from_bytes(&[10; 32]);
+    let other = SigningKey::from_bytes(&[11; 32]);
+    let api = Owner::new(mailbox.http_addr, &me, clock.clone());
     let (recipient, sender) = (owner_key(1), owner_key(2));
     let inbox = api.create(&recipient).await;
     let ack_queue = api.create(&sender).await;
@@ -115,7 +118,8 @@ async fn a_deposit_is_acknowledged_through_the_mixnet_fetched_and_a_replay_dropp
     let mut client = Sender::new(7);
     let id = MessageId::from_bytes([0x42; 16]);
     let (packet, recovery) = client.deposit(hop, inbox, id, 0x5A, hop, ack_queue);
-    send_packets(mailbox.packet_addr, &[&packet]).await;
+    // From the other provider: a node of the consensus.
+    send_packets(mailbox.packet_addr, &other, &me, &[&packet]).await;
 
     // The acknowledgement went out through the engine's outbound link, came
     // back in through the packet port, and is stored as a SURB reply.
@@ -153,7 +157,7 @@ async fn a_deposit_is_acknowledged_through_the_mixnet_fetched_and_a_replay_dropp
     // The very same packet again: the replay cache drops it before the
     // final hop sees it; nothing is stored or acknowledged.
     let delivered = mailbox.stats().delivered;
-    send_packets(mailbox.packet_addr, &[&packet]).await;
+    send_packets(mailbox.packet_addr, &other, &me, &[&packet]).await;
     wait_for("the replay to be dropped", || {
         mailbox.stats().dropped(DropReason::Replay) == 1
     })
@@ -164,9 +168,10 @@ async fn a_deposit_is_acknowledged_through_the_mixnet_fetched_and_a_replay_dropp
     assert_eq!(m.acks_sent(), 1);
     assert!(api.fetch(&recipient, inbox).await.entries.is_empty());
 
-    // `/metrics` shows the provider's and the engine's counters together.
+    // `/metrics` (on the operator listener) shows the provider's and the
+    // engine's counters together.
     let (status, body) = HttpClient::new(Duration::from_secs(5))
-        .get(mailbox.http_addr, "/metrics", 1 << 20)
+        .get(mailbox.operator_addr, "/metrics", 1 << 20)
         .await
         .unwrap();
     assert_eq!(status.as_u16(), 200);
@@ -181,6 +186,16 @@ async fn a_deposit_is_acknowledged_through_the_mixnet_fetched_and_a_replay_dropp
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
     assert_eq!(text.matches("# EOF").count(), 1);
+    // The public fetch port serves neither: it speaks only the link
+    // protocol, and a plain HTTP request fails its handshake (counted).
+    let plain = HttpClient::new(Duration::from_secs(5))
+        .get(mailbox.http_addr, "/metrics", 1 << 20)
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    wait_for("the failed handshake to be counted", || {
+        m.api_handshake_failures("bad_message1") >= 1
+    })
+    .await;
 
     // Shutdown: the database is closed when `wait` returns.
     stop.cancel();
@@ -236,28 +251,68 @@ async fn a_failed_start_cleans_up_and_leaves_the_callers_token_alone() {
     stop.cancel();
 }
 
+/// A consensus for the current epoch that lists only a mix whose
+/// identity is `mix` (not the provider).
+fn consensus_with_only(mix: &SigningKey, clock: &dyn Clock) -> murmur_wire::VerifiedConsensus {
+    use murmur_wire::{AuthoritySet, Consensus, IdentityKey, MixEntry, SignedConsensus};
+    let epoch = clock.now_secs() / L;
+    let authority = SigningKey::from_bytes(&[201; 32]);
+    let doc = Consensus {
+        version: murmur_wire::directory::CONSENSUS_VERSION,
+        epoch,
+        valid_after: epoch * L,
+        valid_until: (epoch + 1) * L,
+        params: murmur_wire::NetworkParams {
+            epoch_secs: L,
+            mean_delay_us: 1000,
+            max_delay_us: 1_000_000,
+            client_rate: 0.0,
+            client_loop_rate: 0.0,
+            mix_loop_rate: 0.0,
+            packet_size: murmur_wire::PACKET_SIZE as u32,
+        },
+        mixes: vec![MixEntry {
+            layer: 2,
+            identity: IdentityKey::from(&mix.verifying_key()),
+            packet_addr: "127.0.0.1:9".parse().unwrap(),
+            link_key: common::net::link_of(mix).public().clone(),
+            sphinx_key: murmur_wire::SphinxPublicKey([3; 32]),
+        }],
+        mailboxes: vec![],
+    };
+    let set = AuthoritySet::new(vec![IdentityKey::from(&authority.verifying_key())], 1).unwrap();
+    SignedConsensus::sign(&doc, &authority)
+        .unwrap()
+        .verify(&set, clock.now_secs(), Some(epoch))
+        .unwrap()
+}
+
+/// Without a consensus the provider can tell no node from a stranger, so it
+/// takes no packet links at all; once it has one, a deposit from a listed
+/// mix is stored even when its acknowledgement cannot be routed (the
+/// acknowledgement's first hop, here the provider itself, is not listed),
+/// and the failed acknowledgement is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_consensus_deposits_are_stored_but_cannot_be_acknowledged() {
+async fn without_a_consensus_no_links_and_unroutable_acknowledgements_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let clock = mid_epoch_clock();
     let stop = CancellationToken::new();
     let mut c = Config::new(dir.path());
     c.listen_addr = "127.0.0.1:0".parse().unwrap();
     c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.operator_addr = "127.0.0.1:0".parse().unwrap();
     c.engine.workers = 1;
     c.replay.expected_packet_rate = 10.0;
-    // No directory: the topology stays empty.
-    let mailbox = start_mailbox_with_topology(
-        c,
-        SigningKey::from_bytes(&[4; 32]),
-        clock.clone(),
-        Arc::new(StaticTopology::new()),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    // No directory: the topology is what the test sets.
+    let topology = Arc::new(StaticTopology::new());
+    let me = SigningKey::from_bytes(&[4; 32]);
+    let mix = SigningKey::from_bytes(&[5; 32]);
+    let mailbox =
+        start_mailbox_with_topology(c, me.clone(), clock.clone(), topology.clone(), stop.clone())
+            .await
+            .unwrap();
     let (status, body) = HttpClient::new(Duration::from_secs(5))
-        .get(mailbox.http_addr, "/healthz", 4096)
+        .get(mailbox.operator_addr, "/healthz", 4096)
         .await
         .unwrap();
     assert_eq!(status.as_u16(), 503);
@@ -273,18 +328,29 @@ async fn without_a_consensus_deposits_are_stored_but_cannot_be_acknowledged() {
             .unwrap(),
     };
     assert_eq!(descriptor.descriptor().http_addr, Some(mailbox.http_addr));
-    let api = Owner::new(mailbox.http_addr, clock.clone());
+    let api = Owner::new(mailbox.http_addr, &me, clock.clone());
     let inbox = api.create(&owner_key(1)).await;
     let (packet, _) =
         Sender::new(1).deposit(hop, inbox, MessageId::from_bytes([1; 16]), 1, hop, inbox);
-    send_packets(mailbox.packet_addr, &[&packet]).await;
-    // Stored and durable, but the acknowledgement's first hop is unknown
-    // without a consensus: refused by the links and counted.
+    // No consensus: the link is closed after the handshake, unread.
+    send_packets(mailbox.packet_addr, &mix, &me, &[&packet]).await;
+    wait_for("the link to be refused", || {
+        mailbox.stats().closed(CloseReason::ClientRefused) == 1
+    })
+    .await;
+    assert_eq!(mailbox.stats().received, 0);
+
+    // A consensus listing the mix (and not the provider).
+    topology.set_current(consensus_with_only(&mix, &*clock));
+    send_packets(mailbox.packet_addr, &mix, &me, &[&packet]).await;
+    // Stored and durable, but the acknowledgement's first hop is unknown:
+    // refused by the links and counted.
     let m = mailbox.metrics().clone();
     wait_for("the acknowledgement to fail", || m.acks_failed() == 1).await;
     assert_eq!(m.deposits("stored"), 1);
     assert_eq!(m.acks_sent(), 0);
     assert_eq!(mailbox.stats().dropped(DropReason::UnknownNextHop), 1);
+    assert_eq!(mailbox.stats().peers_node, 1);
     assert_eq!(api.fetch(&owner_key(1), inbox).await.entries.len(), 1);
     assert_eq!(mailbox.registration_metrics().registrations(), 0);
     stop.cancel();

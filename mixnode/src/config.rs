@@ -362,6 +362,11 @@ workers = {workers}
 max_connections = {max_connections}
 # An inbound connection must complete a frame within this many seconds.
 read_timeout_secs = {read_timeout}
+# An inbound connection must complete its link handshake within this, ms.
+handshake_timeout_ms = {handshake}
+# Each direction of a link gets a new key at least this often, seconds
+# (and every 65536 records).
+link_rekey_secs = {rekey}
 # Packets waiting for a worker; more are dropped (overload_unwrap).
 unwrap_queue = {unwrap_queue}
 # A packet that waited longer than this for a worker is dropped, ms.
@@ -412,6 +417,8 @@ snapshot_interval_secs = {snap}
         workers = e.workers,
         max_connections = e.max_connections,
         read_timeout = e.read_timeout_secs,
+        handshake = e.handshake_timeout_ms,
+        rekey = e.link_rekey_secs,
         unwrap_queue = e.unwrap_queue,
         dwell = e.max_unwrap_dwell_ms,
         max_delayed = e.max_delayed,

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::MixNodeConfig;
-use crate::engine::{Engine, EngineConfig, EngineHandle, EngineStats, Topology};
+use crate::engine::{
+    ClientPolicy, Engine, EngineConfig, EngineHandle, EngineStats, LinkConfig, Topology,
+};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::keys::{KeyManager, spawn_rotation};
@@ -196,6 +198,7 @@ pub async fn start_mixnode_with_topology(
             key_lifetime: config.key_lifetime(),
             limits: config.engine.clone(),
             replay: config.replay.clone(),
+            link: LinkConfig::for_node(&identity.to_bytes(), node_id, ClientPolicy::EntryLayer),
         },
         keys.ring(),
         topology.clone(),

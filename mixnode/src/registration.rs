@@ -12,7 +12,9 @@ use murmur_directory::{ConsensusWatch, DirectoryClient};
 use murmur_wire::directory::DESCRIPTOR_VERSION;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::policy::epoch_at;
-use murmur_wire::{Descriptor, IdentityKey, Role, SignedDescriptor, VerifiedConsensus};
+use murmur_wire::{
+    Descriptor, IdentityKey, LinkSecretKey, Role, SignedDescriptor, VerifiedConsensus,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,7 @@ pub fn mix_descriptor(
         role: Role::Mix,
         packet_addr,
         http_addr: None,
+        link_key: LinkSecretKey::derive(&identity.to_bytes()).public().clone(),
         sphinx_keys: keys.public_keys(now_secs),
         published_at: now_secs,
     };

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use murmur_mixnode::engine::{CloseReason, DropReason, StaticTopology, Topology};
+use futures::SinkExt;
+use murmur_mixnode::engine::{ClientPolicy, CloseReason, DropReason, StaticTopology, Topology};
 use murmur_wire::frame::FRAME_SIZE;
 use murmur_wire::{
     Destination, FinalPayload, Hop, MessageId, NodeId, Packet, PacketCodec, QueueId, Route,
@@ -66,7 +67,7 @@ async fn three_mixes_and_a_final_hop_carry_packets_end_to_end() {
     topology.set_current(consensus(EPOCH, params(Duration::from_secs(10)), &members));
 
     let hops: Vec<Hop> = nodes.iter().map(TestNode::hop).collect();
-    let mut link = connect(nodes[0].engine.local_addr).await;
+    let mut link = connect(&nodes[0]).await;
     let n = 20u8;
     for i in 0..n {
         let p = packet(&mut rng, hops.clone(), &[3, 2, 1, 0], &loop_body(i));
@@ -132,7 +133,7 @@ async fn packets_are_held_for_the_delay_in_their_header() {
         &[mix.member(Some(0)), sink.member(None)],
     ));
     let hops = vec![mix.hop(), sink.hop()];
-    let mut link = connect(mix.engine.local_addr).await;
+    let mut link = connect(&mix).await;
 
     let delay = Duration::from_millis(3_500);
     let start = tokio::time::Instant::now();
@@ -215,7 +216,7 @@ async fn replays_are_dropped_also_after_a_restart() {
         &[0, 0],
         &loop_body(1),
     );
-    let mut link = connect(mix.engine.local_addr).await;
+    let mut link = connect(&mix).await;
     send(&mut link, &p).await;
     assert!(wait_until(WAIT, || sink.recorder.len() == 1).await);
     send(&mut link, &p).await;
@@ -226,7 +227,7 @@ async fn replays_are_dropped_also_after_a_restart() {
     mix.stop().await;
     drop(link);
     let mix = start_node(1, mix_key, &mix_dir, topology.clone(), limits());
-    let mut link = connect(mix.engine.local_addr).await;
+    let mut link = connect(&mix).await;
     send(&mut link, &p).await;
     assert!(wait_until(WAIT, || mix.engine.stats().dropped(DropReason::Replay) == 1).await);
     assert_eq!(mix.engine.stats().forwarded, 0);
@@ -271,7 +272,7 @@ async fn bad_frames_close_only_their_connection_and_are_counted() {
     let addr = mix.engine.local_addr;
 
     // A good connection that stays open throughout.
-    let mut good = connect(addr).await;
+    let mut good = connect(&mix).await;
     send(
         &mut good,
         &packet(&mut rng, hops.clone(), &[0, 0], &loop_body(1)),
@@ -279,43 +280,61 @@ async fn bad_frames_close_only_their_connection_and_are_counted() {
     .await;
     assert!(wait_until(WAIT, || sink.recorder.len() == 1).await);
 
-    // Garbage.
+    // Not a link at all: an HTTP request instead of a handshake.
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    // A frame announcing a huge length.
+    // Inside a link: garbage instead of a frame header.
+    let mut g = connect(&mix).await;
+    g.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    g.get_mut().flush().await.unwrap();
+    // Inside a link: a frame announcing a huge length.
     let mut header = PacketCodec::header();
     header[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
-    let mut w = tokio::net::TcpStream::connect(addr).await.unwrap();
-    w.write_all(&header).await.unwrap();
-    // A frame cut short by the peer.
-    let mut t = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut w = connect(&mix).await;
+    w.get_mut().write_all(&header).await.unwrap();
+    w.get_mut().flush().await.unwrap();
+    // Inside a link: a frame cut short by the peer.
+    let mut t = connect(&mix).await;
     let mut frame = PacketCodec::header().to_vec();
     frame.extend_from_slice(&[0u8; 100]);
-    t.write_all(&frame).await.unwrap();
-    t.shutdown().await.unwrap();
-    // A well-formed frame of random bytes: a malformed packet, but the
-    // connection stays.
+    t.get_mut().write_all(&frame).await.unwrap();
+    t.get_mut().shutdown().await.unwrap();
+    // Under a link: a record that does not verify (bytes written to the
+    // socket past the link's encryption, as an attacker on the path would).
+    let mut r = connect(&mix).await;
+    let mut forged = 40u16.to_be_bytes().to_vec();
+    forged.extend_from_slice(&[0x42; 40]);
+    r.get_mut().get_mut().write_all(&forged).await.unwrap();
+    // Inside a link: a well-formed frame of random bytes is a malformed
+    // packet, but the connection stays.
     let mut noise = PacketCodec::header().to_vec();
     noise.extend((0..murmur_wire::PACKET_SIZE).map(|i| (i * 7 + 3) as u8));
     assert_eq!(noise.len(), FRAME_SIZE);
-    let mut m = tokio::net::TcpStream::connect(addr).await.unwrap();
-    m.write_all(&noise).await.unwrap();
+    let mut m = connect(&mix).await;
+    m.get_mut().write_all(&noise).await.unwrap();
+    m.get_mut().flush().await.unwrap();
 
     let stats = || mix.engine.stats();
     assert!(
         wait_until(WAIT, || {
             let s = stats();
-            s.closed(CloseReason::Garbage) == 1
+            s.closed(CloseReason::Handshake) == 1
+                && s.closed(CloseReason::Garbage) == 1
                 && s.closed(CloseReason::WrongSize) == 1
                 && s.closed(CloseReason::Truncated) == 1
+                && s.closed(CloseReason::BadRecord) == 1
                 && s.dropped(DropReason::Malformed) == 1
         })
         .await,
         "{:?}",
         stats()
     );
+    assert_eq!(stats().handshake_failures, 1);
 
     // The good connection still works, and so does the noisy one.
     send(
@@ -323,9 +342,8 @@ async fn bad_frames_close_only_their_connection_and_are_counted() {
         &packet(&mut rng, hops.clone(), &[0, 0], &loop_body(2)),
     )
     .await;
-    m.write_all(&PacketCodec::header()).await.unwrap();
     let p = packet(&mut rng, hops.clone(), &[0, 0], &loop_body(3));
-    m.write_all(p.as_bytes()).await.unwrap();
+    send(&mut m, &p).await;
     assert!(wait_until(WAIT, || sink.recorder.len() == 3).await);
 
     // A next hop that is not in the consensus.
@@ -373,6 +391,10 @@ async fn the_owner_sends_its_own_packets_through_outbound() {
     ));
     assert!(out.send(b.id, p));
     assert!(wait_until(WAIT, || b.recorder.len() == 1).await);
+    // The link between the two nodes authenticated both ends: b knows a
+    // as a node of the consensus.
+    assert_eq!(b.engine.stats().peers_node, 1);
+    assert_eq!(b.engine.stats().peers_client, 0);
     assert!(!out.send(
         NodeId::from_bytes([1; 32]),
         packet(&mut rng, vec![b.hop()], &[0], &loop_body(2))
@@ -395,6 +417,74 @@ async fn the_owner_sends_its_own_packets_through_outbound() {
     b.stop().await;
 }
 
+/// Clients enter the network only at the first layer: a mix of another
+/// layer (or not listed) closes an unidentified initiator's link after the
+/// handshake, and takes it again once the consensus puts it in layer 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_entry_mixes_take_links_from_clients() {
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let dir = tempfile::tempdir().unwrap();
+    let topology = Arc::new(StaticTopology::new());
+    let key = SphinxSecretKey::random(&mut rng);
+    let mut ring = murmur_wire::KeyRing::new();
+    ring.insert(EPOCH, key.clone());
+    let mix = start_node_with_policy(
+        1,
+        key,
+        murmur_mixnode::keys::KeyRingHandle::new(ring),
+        &dir.path().join("mix"),
+        topology.clone(),
+        limits(),
+        ClientPolicy::EntryLayer,
+    );
+    let sink = start_node(
+        2,
+        SphinxSecretKey::random(&mut rng),
+        &dir.path().join("sink"),
+        topology.clone(),
+        limits(),
+    );
+    let refused = |n| {
+        let mix = &mix;
+        move || mix.engine.stats().closed(CloseReason::ClientRefused) == n
+    };
+    // Not listed yet.
+    let _a = connect(&mix).await;
+    assert!(wait_until(WAIT, refused(1)).await);
+    // A middle-layer mix.
+    topology.set_current(consensus(
+        EPOCH,
+        params(Duration::from_secs(10)),
+        &[mix.member(Some(1)), sink.member(None)],
+    ));
+    let mut b = connect(&mix).await;
+    assert!(wait_until(WAIT, refused(2)).await);
+    // What the client sent is not processed.
+    let hops = vec![mix.hop(), sink.hop()];
+    let _ = b
+        .send(packet(&mut rng, hops.clone(), &[0, 0], &loop_body(1)))
+        .await;
+    // An entry mix.
+    topology.set_current(consensus(
+        EPOCH,
+        params(Duration::from_secs(10)),
+        &[mix.member(Some(0)), sink.member(None)],
+    ));
+    let mut c = connect(&mix).await;
+    send(
+        &mut c,
+        &packet(&mut rng, hops.clone(), &[0, 0], &loop_body(2)),
+    )
+    .await;
+    assert!(wait_until(WAIT, || sink.recorder.len() == 1).await);
+    let s = mix.engine.stats();
+    assert_eq!(s.closed(CloseReason::ClientRefused), 2);
+    assert_eq!(s.peers_client, 1);
+    assert_eq!(s.received, 1);
+    mix.stop().await;
+    sink.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_peers_are_closed_after_the_read_timeout() {
     let mut rng = ChaCha20Rng::seed_from_u64(6);
@@ -402,6 +492,7 @@ async fn idle_peers_are_closed_after_the_read_timeout() {
     let topology = Arc::new(StaticTopology::new());
     let mut lim = limits();
     lim.read_timeout_secs = 5;
+    lim.handshake_timeout_ms = 3_000;
     let mix = start_node(
         1,
         SphinxSecretKey::random(&mut rng),
@@ -410,18 +501,26 @@ async fn idle_peers_are_closed_after_the_read_timeout() {
         lim,
     );
     let start = tokio::time::Instant::now();
+    // A peer that never starts the handshake: closed at the handshake
+    // timeout.
     let _silent = tokio::net::TcpStream::connect(mix.engine.local_addr)
         .await
         .unwrap();
-    // Let the paused clock run (auto-advance) until the peer is closed.
+    // A peer that completes the handshake and then sends nothing: closed
+    // at the read timeout.
+    let _idle = connect(&mix).await;
+    // Let the paused clock run (auto-advance) until both are closed.
     for _ in 0..600 {
-        if mix.engine.stats().closed(CloseReason::Timeout) == 1 {
+        let s = mix.engine.stats();
+        if s.closed(CloseReason::Timeout) == 1 && s.closed(CloseReason::Handshake) == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(mix.engine.stats().closed(CloseReason::Timeout), 1);
+    let s = mix.engine.stats();
+    assert_eq!(s.closed(CloseReason::Timeout), 1, "{s:?}");
+    assert_eq!(s.closed(CloseReason::Handshake), 1, "{s:?}");
     assert!(start.elapsed() >= Duration::from_secs(5));
-    assert_eq!(mix.engine.stats().connections, 0);
+    assert_eq!(s.connections, 0);
     mix.stop().await;
 }

@@ -57,6 +57,7 @@ fn member(d: &SignedDescriptor, epoch: u64, layer: u8) -> Member {
     Member {
         identity: desc.identity,
         addr: desc.packet_addr,
+        link: desc.link_key.clone(),
         key: desc.key_for(epoch).unwrap(),
         layer: Some(layer),
     }

@@ -79,17 +79,23 @@ fn frames(hops: &[Hop], n: usize, seed: u64) -> Vec<Packet> {
     out
 }
 
-/// Writes `frames` at `per_sec` (in 10 ms slices) over one connection.
+/// Writes `frames` at `per_sec` (in 10 ms slices) over one link to the
+/// node whose identity is `identity(1)`.
 async fn offer(addr: std::net::SocketAddr, frames: &[Packet], per_sec: f64) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut link = connect_to(addr, &link_key(&identity(1))).await;
+    let s = link.get_mut();
     let start = Instant::now();
     let mut sent = 0usize;
+    let mut batch = Vec::new();
     while sent < frames.len() {
         let due = ((start.elapsed().as_secs_f64() * per_sec) as usize).min(frames.len());
+        batch.clear();
         for p in &frames[sent..due.max(sent)] {
-            s.write_all(&PacketCodec::header()).await.unwrap();
-            s.write_all(p.as_bytes()).await.unwrap();
+            batch.extend_from_slice(&PacketCodec::header());
+            batch.extend_from_slice(p.as_bytes());
         }
+        s.write_all(&batch).await.unwrap();
+        s.flush().await.unwrap();
         sent = sent.max(due);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -104,17 +110,27 @@ async fn twice_its_capacity_is_dropped_and_counted_and_the_node_recovers() {
     let node_key = SphinxSecretKey::random(&mut rng);
     let sink_key = SphinxSecretKey::random(&mut rng);
 
-    // The next hop: a sink that counts frames.
+    // The next hop: a sink that counts frames (it holds the link key the
+    // consensus lists for it).
     let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_link = Arc::new(murmur_wire::LinkSecretKey::derive(&identity(2).to_bytes()));
     let sink_addr = sink.local_addr().unwrap();
     let arrived = Arc::new(AtomicU64::new(0));
     {
         let arrived = arrived.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = sink.accept().await {
-                let arrived = arrived.clone();
+                let (arrived, key) = (arrived.clone(), sink_link.clone());
                 tokio::spawn(async move {
-                    let mut frames = FramedRead::new(stream, PacketCodec);
+                    let link = murmur_net::accept(
+                        stream,
+                        murmur_wire::link::Purpose::Packets,
+                        &key,
+                        &murmur_net::LinkSettings::default(),
+                    )
+                    .await
+                    .unwrap();
+                    let mut frames = FramedRead::new(link.stream, PacketCodec);
                     while let Some(Ok(_)) = frames.next().await {
                         arrived.fetch_add(1, Ordering::Relaxed);
                     }
@@ -138,6 +154,7 @@ async fn twice_its_capacity_is_dropped_and_counted_and_the_node_recovers() {
     let sink_member = Member {
         identity: ident(&identity(2)),
         addr: sink_addr,
+        link: link_key(&identity(2)),
         key: sink_key.public_key(),
         layer: None,
     };
@@ -242,7 +259,7 @@ async fn twice_its_capacity_is_dropped_and_counted_and_the_node_recovers() {
         by_reason
             .iter()
             .all(|(r, _)| ["overload_unwrap", "dwell_exceeded"].contains(r)),
-        "{by_reason:?}"
+        "{by_reason:?} {after:?}"
     );
     assert!(
         max_unwrap <= UNWRAP_QUEUE as i64,

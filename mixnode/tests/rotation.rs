@@ -86,7 +86,7 @@ async fn previous_keys_work_during_the_grace_period_only_and_are_erased() {
     let p3 = build(mix_key_e.key, 3);
     let q = build(key_e1.key, 4);
 
-    let mut link = connect(mix.engine.local_addr).await;
+    let mut link = connect(&mix).await;
     send(&mut link, &p1).await;
     assert!(wait_until(WAIT, || sink.recorder.len() == 1).await);
     // The replay cache now has a file for epoch e.

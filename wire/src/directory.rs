@@ -17,19 +17,20 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{Error, Result};
 use crate::ids::NodeId;
 use crate::keys::{IdentityKey, SphinxPublicKey};
+use crate::link::LinkPublicKey;
 use crate::packet::{Hop, MIX_LAYERS, PACKET_SIZE};
 
-/// Version of the descriptor format.
-pub const DESCRIPTOR_VERSION: u8 = 1;
+/// Version of the descriptor format (2: with the link key).
+pub const DESCRIPTOR_VERSION: u8 = 2;
 /// Version of the vote format.
 pub const VOTE_VERSION: u8 = 1;
-/// Version of the consensus format.
-pub const CONSENSUS_VERSION: u8 = 1;
+/// Version of the consensus format (2: with link keys).
+pub const CONSENSUS_VERSION: u8 = 2;
 /// The most Sphinx keys one descriptor may publish (current and upcoming epochs).
 pub const MAX_DESCRIPTOR_KEYS: usize = 4;
 /// The most bytes an encoded descriptor may take (postcard is compact: a
-/// real descriptor is about 250 bytes).
-pub const MAX_DESCRIPTOR_SIZE: usize = 1024;
+/// real descriptor is about 1 470 bytes, 1 216 of them its link key).
+pub const MAX_DESCRIPTOR_SIZE: usize = 2048;
 
 const DESCRIPTOR_CONTEXT: &[u8] = b"murmur/descriptor/v1\0";
 const VOTE_CONTEXT: &[u8] = b"murmur/vote/v1\0";
@@ -142,6 +143,9 @@ pub struct Descriptor {
     pub packet_addr: SocketAddr,
     /// Where a mailbox serves its fetch API (mailboxes only).
     pub http_addr: Option<SocketAddr>,
+    /// The static key of the node's encrypted links (packet links and the
+    /// mailbox API), `docs/protocol.md` §4.
+    pub link_key: LinkPublicKey,
     /// Sphinx keys for the current and upcoming epochs, oldest first.
     pub sphinx_keys: Vec<EpochKey>,
     /// When the node made this descriptor, unix seconds.
@@ -417,6 +421,8 @@ pub struct MixEntry {
     pub identity: IdentityKey,
     /// Packet address.
     pub packet_addr: SocketAddr,
+    /// Link key.
+    pub link_key: LinkPublicKey,
     /// Sphinx key for the document's epoch.
     pub sphinx_key: SphinxPublicKey,
 }
@@ -430,6 +436,8 @@ pub struct MailboxEntry {
     pub packet_addr: SocketAddr,
     /// Fetch API address.
     pub http_addr: SocketAddr,
+    /// Link key.
+    pub link_key: LinkPublicKey,
     /// Sphinx key for the document's epoch.
     pub sphinx_key: SphinxPublicKey,
 }
@@ -661,6 +669,8 @@ pub struct NodeInfo {
     pub packet_addr: SocketAddr,
     /// Fetch API address of a mailbox.
     pub http_addr: Option<SocketAddr>,
+    /// Link key: what a link to this node must authenticate.
+    pub link_key: LinkPublicKey,
     /// Sphinx key for the document's epoch.
     pub sphinx_key: SphinxPublicKey,
 }
@@ -683,6 +693,7 @@ pub struct VerifiedConsensus {
     layers: Vec<Vec<NodeInfo>>,
     mailboxes: Vec<NodeInfo>,
     index: HashMap<NodeId, (Option<usize>, usize)>,
+    by_link_key: HashMap<[u8; 32], NodeId>,
 }
 
 impl VerifiedConsensus {
@@ -698,6 +709,7 @@ impl VerifiedConsensus {
         let mut layers = vec![Vec::new(); MIX_LAYERS];
         let mut index = HashMap::new();
         let mut addrs = HashSet::new();
+        let mut by_link_key = HashMap::new();
         for m in &doc.mixes {
             let layer = usize::from(m.layer);
             let Some(slot) = layers.get_mut(layer) else {
@@ -710,6 +722,9 @@ impl VerifiedConsensus {
             if !addrs.insert(m.packet_addr) {
                 return Err(invalid("two nodes share a packet address".into()));
             }
+            if by_link_key.insert(m.link_key.dh, id).is_some() {
+                return Err(invalid("two nodes share a link key".into()));
+            }
             slot.push(NodeInfo {
                 id,
                 identity: m.identity,
@@ -717,6 +732,7 @@ impl VerifiedConsensus {
                 layer: Some(m.layer),
                 packet_addr: m.packet_addr,
                 http_addr: None,
+                link_key: m.link_key.clone(),
                 sphinx_key: m.sphinx_key,
             });
         }
@@ -729,6 +745,9 @@ impl VerifiedConsensus {
             if !addrs.insert(m.packet_addr) {
                 return Err(invalid("two nodes share a packet address".into()));
             }
+            if by_link_key.insert(m.link_key.dh, id).is_some() {
+                return Err(invalid("two nodes share a link key".into()));
+            }
             mailboxes.push(NodeInfo {
                 id,
                 identity: m.identity,
@@ -736,6 +755,7 @@ impl VerifiedConsensus {
                 layer: None,
                 packet_addr: m.packet_addr,
                 http_addr: Some(m.http_addr),
+                link_key: m.link_key.clone(),
                 sphinx_key: m.sphinx_key,
             });
         }
@@ -745,6 +765,7 @@ impl VerifiedConsensus {
             layers,
             mailboxes,
             index,
+            by_link_key,
         })
     }
 
@@ -789,6 +810,12 @@ impl VerifiedConsensus {
             (Some(layer), i) => self.layers.get(*layer)?.get(*i),
             (None, i) => self.mailboxes.get(*i),
         }
+    }
+
+    /// The node whose link key has the static X25519 half `dh` (what the
+    /// responder of a link learns of its initiator).
+    pub fn node_by_link_key(&self, dh: &[u8; 32]) -> Option<&NodeInfo> {
+        self.node(self.by_link_key.get(dh)?)
     }
 
     /// True if `now` (unix seconds) is before the end of the validity window.

@@ -8,6 +8,14 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A link handshake or record failed (wrong key, tampering, a
+    /// malformed message): the connection must be closed.
+    #[error("link: {reason}")]
+    Link {
+        /// What failed.
+        reason: &'static str,
+    },
+
     /// A textual id (node id, queue id, message id) is not valid.
     #[error("invalid {kind}: {reason}")]
     InvalidId {

@@ -6,6 +6,7 @@ mod error;
 pub mod frame;
 mod ids;
 mod keys;
+pub mod link;
 pub mod mailbox;
 pub mod packet;
 pub mod payload;
@@ -20,6 +21,7 @@ pub use error::{Error, Result};
 pub use frame::PacketCodec;
 pub use ids::{MessageId, NodeId, QueueId, SurbId};
 pub use keys::{IdentityKey, SphinxPublicKey, SphinxSecretKey};
+pub use link::{LinkPublicKey, LinkSecretKey};
 pub use packet::{
     Delivery, Destination, Hop, KeyRing, PACKET_SIZE, Packet, Processed, ReplayTag, Route, Surb,
     SurbRecovery, build_forward_packet, build_surb,

@@ -1,11 +1,13 @@
 //! Descriptor and consensus signing and verification, through the public API.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use murmur_wire::directory::{AuthoritySignature, Signature};
+use murmur_wire::directory::{
+    AuthoritySignature, CONSENSUS_VERSION, DESCRIPTOR_VERSION, Signature,
+};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::{
-    AuthoritySet, Consensus, Descriptor, EpochKey, Error, IdentityKey, MailboxEntry, MixEntry,
-    NetworkParams, PACKET_SIZE, Role, SignedConsensus, SignedDescriptor, SignedVote,
+    AuthoritySet, Consensus, Descriptor, EpochKey, Error, IdentityKey, LinkSecretKey, MailboxEntry,
+    MixEntry, NetworkParams, PACKET_SIZE, Role, SignedConsensus, SignedDescriptor, SignedVote,
     SphinxPublicKey, Vote,
 };
 
@@ -31,12 +33,13 @@ fn params() -> NetworkParams {
 
 fn descriptor(k: &SigningKey, role: Role, port: u16) -> Descriptor {
     Descriptor {
-        version: 1,
+        version: DESCRIPTOR_VERSION,
         identity: ident(k),
         role,
         packet_addr: format!("127.0.0.1:{port}").parse().unwrap(),
         http_addr: (role == Role::Mailbox)
             .then(|| format!("127.0.0.1:{}", port + 1000).parse().unwrap()),
+        link_key: LinkSecretKey::derive(&k.to_bytes()).public().clone(),
         sphinx_keys: vec![
             EpochKey {
                 epoch: 5,
@@ -59,11 +62,12 @@ fn consensus(epoch: u64) -> Consensus {
             packet_addr: format!("127.0.0.1:{}", 9000 + u16::from(l))
                 .parse()
                 .unwrap(),
+            link_key: LinkSecretKey::derive(&[10 + l; 32]).public().clone(),
             sphinx_key: SphinxPublicKey([l; 32]),
         })
         .collect();
     Consensus {
-        version: 1,
+        version: CONSENSUS_VERSION,
         epoch,
         valid_after: epoch * 60,
         valid_until: epoch * 60 + 90,
@@ -73,6 +77,7 @@ fn consensus(epoch: u64) -> Consensus {
             identity: ident(&key(20)),
             packet_addr: "127.0.0.1:9100".parse().unwrap(),
             http_addr: "127.0.0.1:9101".parse().unwrap(),
+            link_key: LinkSecretKey::derive(&[20; 32]).public().clone(),
             sphinx_key: SphinxPublicKey([9; 32]),
         }],
     }
@@ -141,13 +146,13 @@ fn inconsistent_descriptors_are_refused() {
     assert!(SignedDescriptor::sign(&d, &k).unwrap().verify().is_err());
 
     let mut d = descriptor(&k, Role::Mix, 5000);
-    d.version = 2;
+    d.version = 3;
     let err = SignedDescriptor::sign(&d, &k)
         .unwrap()
         .verify()
         .unwrap_err();
     assert!(
-        matches!(err, Error::UnsupportedVersion { version: 2, .. }),
+        matches!(err, Error::UnsupportedVersion { version: 3, .. }),
         "{err}"
     );
 }

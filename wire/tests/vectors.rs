@@ -16,12 +16,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+use murmur_wire::directory::CONSENSUS_VERSION;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::{
     Ack, AuthoritySet, Consensus, DEPOSIT_BODY_SIZE, Delivery, Deposit, Destination, FinalPayload,
-    Hop, IdentityKey, KeyRing, MailboxEntry, MessageId, MixEntry, NetworkParams, NodeId,
-    PACKET_SIZE, Packet, PacketCodec, Processed, QueueId, Route, SignedConsensus, SphinxPublicKey,
-    SphinxSecretKey, SurbId, SurbRecovery, build_forward_packet, build_surb,
+    Hop, IdentityKey, KeyRing, LinkSecretKey, MailboxEntry, MessageId, MixEntry, NetworkParams,
+    NodeId, PACKET_SIZE, Packet, PacketCodec, Processed, QueueId, Route, SignedConsensus,
+    SphinxPublicKey, SphinxSecretKey, SurbId, SurbRecovery, build_forward_packet, build_surb,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -240,7 +241,7 @@ fn signed_consensus_vector() {
         .collect();
     let ident = |k: &SigningKey| IdentityKey::from(&k.verifying_key());
     let doc = Consensus {
-        version: 1,
+        version: CONSENSUS_VERSION,
         epoch: 1000,
         valid_after: 3_600_000,
         valid_until: 3_605_400,
@@ -260,6 +261,7 @@ fn signed_consensus_vector() {
                 packet_addr: format!("127.0.0.1:{}", 7000 + u16::from(l))
                     .parse()
                     .unwrap(),
+                link_key: LinkSecretKey::derive(&[0x20 + l; 32]).public().clone(),
                 sphinx_key: SphinxPublicKey([l; 32]),
             })
             .collect(),
@@ -267,6 +269,7 @@ fn signed_consensus_vector() {
             identity: ident(&SigningKey::from_bytes(&[0x30; 32])),
             packet_addr: "127.0.0.1:7100".parse().unwrap(),
             http_addr: "127.0.0.1:7101".parse().unwrap(),
+            link_key: LinkSecretKey::derive(&[0x30; 32]).public().clone(),
             sphinx_key: SphinxPublicKey([9; 32]),
         }],
     };

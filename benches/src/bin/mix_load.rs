@@ -26,6 +26,11 @@
 //!    its own delay (sink arrival − send − delay: loopback TCP both ways,
 //!    queueing, unwrapping, the delay timer).
 //!
+//! Every link is encrypted as in the network (`docs/protocol.md` §4): the
+//! senders are clients of the node, the node a node-authenticated client
+//! of the sink. The run also reports the link cost per packet: sealing and
+//! opening one frame's record on one thread, in process.
+//!
 //! The load generator and the sink share the machine's cores with the node;
 //! the CPU time of each part is read from `/proc` and reported per packet,
 //! with the rate the node's own CPU use would allow were the load generated
@@ -42,13 +47,16 @@ use anyhow::bail;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use murmur_benches::{
-    BenchNode, Machine, bench_consensus, bench_params, cores, cpu_between, quantile, sorted,
-    thread_cpu,
+    BenchNode, Machine, bench_consensus, bench_link_key, bench_params, cores, cpu_between,
+    quantile, sorted, thread_cpu,
 };
 use murmur_mixnode::engine::{
-    Engine, EngineConfig, EngineHandle, EngineLimits, FinalHop, ReplaySettings, StaticTopology,
+    ClientPolicy, Engine, EngineConfig, EngineHandle, EngineLimits, FinalHop, LinkConfig,
+    ReplaySettings, StaticTopology,
 };
 use murmur_mixnode::keys::KeyRingHandle;
+use murmur_net::{LinkSettings, LinkStream};
+use murmur_wire::link::Purpose;
 use murmur_wire::policy::sample_delay;
 use murmur_wire::{
     Delivery, Destination, Hop, KeyRing, Packet, PacketCodec, Processed, QueueId, Route,
@@ -58,7 +66,7 @@ use prometheus_client::registry::Registry;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
@@ -256,6 +264,7 @@ async fn start_node(
         Duration::from_secs(1),
     );
     let node = BenchNode::new(node_seed, "127.0.0.1:1".parse()?, node_key.public_key());
+    let node_id = node.id();
     let sink_node = BenchNode::new(2, sink_addr, sink_key.public_key());
     let consensus = bench_consensus(&[vec![node]], &[sink_node], params)?;
     let mut ring = KeyRing::new();
@@ -273,6 +282,12 @@ async fn start_node(
                 ..EngineLimits::default()
             },
             replay: ReplaySettings::default(),
+            link: LinkConfig {
+                key: Arc::new(bench_link_key(node_seed)),
+                node_id,
+                clients: ClientPolicy::Always,
+                settings: LinkSettings::default(),
+            },
         },
         KeyRingHandle::new(ring),
         topology,
@@ -294,11 +309,19 @@ fn spawn_sink(
     harness: &tokio::runtime::Handle,
 ) {
     let h = harness.clone();
+    let key = Arc::new(bench_link_key(2));
     harness.spawn(async move {
         while let Ok((stream, _)) = sink.accept().await {
-            let (pool, track) = (pool.clone(), track.clone());
+            let (pool, track, key) = (pool.clone(), track.clone(), key.clone());
             h.spawn(async move {
-                let mut frames = FramedRead::with_capacity(stream, PacketCodec, 256 * 1024);
+                let _ = stream.set_nodelay(true);
+                let Ok(link) =
+                    murmur_net::accept(stream, Purpose::Packets, &key, &LinkSettings::default())
+                        .await
+                else {
+                    return;
+                };
+                let mut frames = FramedRead::with_capacity(link.stream, PacketCodec, 256 * 1024);
                 while let Some(Ok(p)) = frames.next().await {
                     if let Some(&i) = pool.index.get(&out_key(&p)) {
                         track.stamp(&track.arrived[i as usize]);
@@ -308,6 +331,51 @@ fn spawn_sink(
             });
         }
     });
+}
+
+/// A sender's link to the node under test (seed 1), as a client.
+async fn client_link(addr: SocketAddr) -> anyhow::Result<LinkStream<tokio::net::TcpStream>> {
+    let key = bench_link_key(1);
+    Ok(murmur_net::connect(
+        addr,
+        Purpose::Packets,
+        None,
+        key.public(),
+        &LinkSettings::default(),
+    )
+    .await?)
+}
+
+/// The link cost of one packet: sealing and opening the record of one
+/// frame, µs each on one thread (each frame its own record — the most a
+/// packet pays; under load one record carries many frames).
+fn link_cost_us(n: usize) -> anyhow::Result<(f64, f64)> {
+    use murmur_wire::link::{Initiator, Record, Responder};
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let server = bench_link_key(9);
+    let (init, m1) = Initiator::start(&mut rng, Purpose::Packets, None, server.public())?;
+    let (resp, m2) = Responder::respond(&mut rng, Purpose::Packets, &server, &m1)?;
+    let (m3, mut tx) = init.finish(&m2)?;
+    let mut rx = resp.finish(&m3)?.transport;
+    let frame = vec![0x5a_u8; murmur_wire::frame::FRAME_SIZE];
+    let mut records: Vec<Vec<u8>> = (0..n)
+        .map(|_| Vec::with_capacity(frame.len() + 64))
+        .collect();
+    let t = Instant::now();
+    for r in &mut records {
+        tx.seal(&frame, r)?;
+    }
+    let seal_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let mut opened = vec![0u8; frame.len() + 64];
+    let t = Instant::now();
+    for r in &records {
+        match rx.open(&r[2..], &mut opened)? {
+            Record::Data(len) if len == frame.len() => {}
+            _ => bail!("a sealed frame did not open to itself"),
+        }
+    }
+    let open_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    Ok((seal_us, open_us))
 }
 
 /// Waits until every packet sent reached the sink or was dropped by the
@@ -398,6 +466,10 @@ struct Report {
     io_threads: usize,
     unwrap_1_thread_per_s: f64,
     unwrap_all_threads_per_s: f64,
+    /// Sealing one frame's record on the link, µs.
+    link_seal_us: f64,
+    /// Opening it, µs.
+    link_open_us: f64,
     ceiling_unwrap_x_cores_per_s: f64,
     capacity: CapacityRun,
     steps: Vec<LoadStep>,
@@ -484,6 +556,14 @@ async fn run(args: Args, io_threads: usize, harness: tokio::runtime::Handle) -> 
         cores()
     ));
 
+    let (seal_us, open_us) = link_cost_us(20_000)?;
+    let link_us = seal_us + open_us;
+    say(format!(
+        "link cost per packet (one frame per record, one thread): seal {seal_us:.2} µs + open {open_us:.2} µs = {link_us:.2} µs = {:.1} % of one unwrap ({:.1} µs)",
+        100.0 * link_us / (1e6 / single),
+        1e6 / single
+    ));
+
     // Capacity: closed loop, saturated.
     let capacity = {
         let track = Track::new(pool.packets.len());
@@ -495,9 +575,7 @@ async fn run(args: Args, io_threads: usize, harness: tokio::runtime::Handle) -> 
             let (pool, track) = (pool.clone(), track.clone());
             let (addr, window, senders) = (node.engine.local_addr, args.window, args.senders);
             tasks.push(harness.spawn(async move {
-                let stream = TcpStream::connect(addr).await?;
-                stream.set_nodelay(true)?;
-                let mut link = FramedWrite::new(stream, PacketCodec);
+                let mut link = FramedWrite::new(client_link(addr).await?, PacketCodec);
                 link.set_backpressure_boundary(64 * 1024);
                 let mut i = s;
                 while i < pool.packets.len() {
@@ -582,9 +660,7 @@ async fn run(args: Args, io_threads: usize, harness: tokio::runtime::Handle) -> 
         let sender = {
             let (pool, track) = (pool.clone(), track.clone());
             harness.spawn(async move {
-                let stream = TcpStream::connect(addr).await?;
-                stream.set_nodelay(true)?;
-                let mut link = FramedWrite::new(stream, PacketCodec);
+                let mut link = FramedWrite::new(client_link(addr).await?, PacketCodec);
                 link.set_backpressure_boundary(256 * 1024);
                 let start = Instant::now();
                 let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -690,6 +766,8 @@ async fn run(args: Args, io_threads: usize, harness: tokio::runtime::Handle) -> 
         io_threads,
         unwrap_1_thread_per_s: single,
         unwrap_all_threads_per_s: parallel,
+        link_seal_us: seal_us,
+        link_open_us: open_us,
         ceiling_unwrap_x_cores_per_s: ceiling,
         target_capacity_met: capacity.ratio_to_ceiling >= 0.85,
         capacity,

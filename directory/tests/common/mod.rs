@@ -39,11 +39,14 @@ pub fn descriptor(
 ) -> SignedDescriptor {
     let k = key(seed);
     let d = Descriptor {
-        version: 1,
+        version: murmur_wire::directory::DESCRIPTOR_VERSION,
         identity: ident(&k),
         role,
         packet_addr: SocketAddr::from(([127, 0, 0, 1], port)),
         http_addr: (role == Role::Mailbox).then(|| SocketAddr::from(([127, 0, 0, 2], port))),
+        link_key: murmur_wire::LinkSecretKey::derive(&k.to_bytes())
+            .public()
+            .clone(),
         sphinx_keys: (first..first + count)
             .map(|e| EpochKey {
                 epoch: e,

@@ -256,10 +256,14 @@ pub mod net {
     use murmur_directory::clock::Clock;
     use murmur_directory::http::{HttpClient, POSTCARD};
     use murmur_directory::{AuthorityConfig, AuthorityHandle, DirectoryClient, start_authority};
+    use murmur_net::LinkSettings;
+    use murmur_net::http::LinkHttpClient;
+    use murmur_wire::link::Purpose;
     use murmur_wire::mailbox::{CreateQueueResponse, FetchResponse, OwnerOp, OwnerResponse};
     use murmur_wire::{
-        DEPOSIT_BODY_SIZE, Deposit, FinalPayload, Hop, MessageId, NodeId, Packet, PacketCodec,
-        QueueId, Role, Route, SurbId, SurbRecovery, build_forward_packet, build_surb,
+        DEPOSIT_BODY_SIZE, Deposit, FinalPayload, Hop, LinkPublicKey, LinkSecretKey, MessageId,
+        NodeId, Packet, PacketCodec, QueueId, Role, Route, SurbId, SurbRecovery,
+        build_forward_packet, build_surb,
     };
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
@@ -307,7 +311,8 @@ pub mod net {
         (node.hop(), node.packet_addr, node.http_addr.unwrap())
     }
 
-    /// Polls `GET /healthz` until it answers 200; returns its body.
+    /// Polls `GET /healthz` (on the operator listener) until it answers
+    /// 200; returns its body.
     pub async fn wait_healthy(addr: SocketAddr) -> String {
         let http = HttpClient::new(Duration::from_secs(5));
         let deadline = std::time::Instant::now() + WAIT;
@@ -372,30 +377,59 @@ pub mod net {
         buf
     }
 
-    /// Sends frames to a packet port over a fresh connection.
-    pub async fn send_packets(addr: SocketAddr, packets: &[&Packet]) {
+    /// The link key of the node whose identity key is `key`.
+    pub fn link_of(key: &SigningKey) -> LinkSecretKey {
+        LinkSecretKey::derive(&key.to_bytes())
+    }
+
+    /// Sends frames over a fresh link to the provider at `addr` whose
+    /// identity is `to`, as the node whose identity is `me`: a provider
+    /// takes packet links only from nodes of the consensus it follows.
+    pub async fn send_packets(
+        addr: SocketAddr,
+        me: &SigningKey,
+        to: &SigningKey,
+        packets: &[&Packet],
+    ) {
         use tokio::io::AsyncWriteExt;
-        let mut link = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut link = murmur_net::connect(
+            addr,
+            Purpose::Packets,
+            Some(&link_of(me)),
+            link_of(to).public(),
+            &LinkSettings::default(),
+        )
+        .await
+        .unwrap();
+        let mut all = Vec::new();
         for p in packets {
-            link.write_all(&frame(p)).await.unwrap();
+            all.extend_from_slice(&frame(p));
         }
+        link.write_all(&all).await.unwrap();
         link.flush().await.unwrap();
         link.shutdown().await.unwrap();
     }
 
-    /// An owner's view of the fetch API.
+    /// An owner's view of the fetch API (over an encrypted link to the
+    /// provider whose identity is `provider`).
     pub struct Owner {
-        http: HttpClient,
+        http: LinkHttpClient,
         addr: SocketAddr,
+        key: LinkPublicKey,
         clock: Arc<dyn Clock>,
         nonce: AtomicU64,
     }
 
     impl Owner {
-        pub fn new(addr: SocketAddr, clock: Arc<dyn Clock>) -> Self {
+        pub fn new(addr: SocketAddr, provider: &SigningKey, clock: Arc<dyn Clock>) -> Self {
             Self {
-                http: HttpClient::new(Duration::from_secs(5)),
+                http: LinkHttpClient::new(
+                    Purpose::MailboxApi,
+                    LinkSettings::default(),
+                    Duration::from_secs(5),
+                ),
                 addr,
+                key: link_of(provider).public().clone(),
                 clock,
                 nonce: AtomicU64::new(1),
             }
@@ -410,7 +444,7 @@ pub mod net {
         async fn post(&self, path: &str, body: Bytes) -> Bytes {
             let (status, body) = self
                 .http
-                .post(self.addr, path, POSTCARD, body, 1 << 20)
+                .post(self.addr, &self.key, path, POSTCARD, body, 1 << 20)
                 .await
                 .unwrap();
             assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));

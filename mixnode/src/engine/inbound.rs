@@ -1,10 +1,12 @@
-//! Inbound packet links: the listener and one task per connection.
+//! Inbound packet links: the listener and one task per connection (link
+//! handshake as the responder, peer check, then frames).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use murmur_wire::PacketCodec;
+use murmur_wire::link::Purpose;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -14,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::metrics::{CloseReason, DropReason, EngineMetrics};
 use super::worker::Job;
+use super::{LinkConfig, Topology};
 
 /// Bytes read from a connection at a time: about 11 frames.
 const READ_BUFFER: usize = 32 * 1024;
@@ -23,6 +26,13 @@ pub(super) struct Limits {
     pub(super) read_timeout: Duration,
 }
 
+/// Who the listener is and whom it takes: this node's link configuration
+/// and the consensus peers are checked against.
+pub(super) struct Peers {
+    pub(super) link: Arc<LinkConfig>,
+    pub(super) topology: Arc<dyn Topology>,
+}
+
 /// Accepts connections until `shutdown`, at most `max_connections` at once
 /// (further peers wait in the backlog).
 pub(super) async fn accept(
@@ -30,6 +40,7 @@ pub(super) async fn accept(
     unwrap: crossbeam_channel::Sender<Job>,
     metrics: EngineMetrics,
     limits: Limits,
+    peers: Peers,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -60,8 +71,12 @@ pub(super) async fn accept(
         let metrics = metrics.clone();
         let shutdown = shutdown.clone();
         let read_timeout = limits.read_timeout;
+        let (link, topology) = (peers.link.clone(), peers.topology.clone());
         tracker.spawn(async move {
-            let reason = serve(stream, &unwrap, &metrics, read_timeout, &shutdown).await;
+            let reason = match handshake(stream, &link, &*topology, &metrics, &shutdown).await {
+                Ok(frames) => serve(frames, &unwrap, &metrics, read_timeout, &shutdown).await,
+                Err(reason) => reason,
+            };
             metrics.closed(reason);
             metrics.connections_open.dec();
             tracing::debug!(reason = reason.as_str(), "inbound connection closed");
@@ -75,22 +90,62 @@ fn classify(e: &murmur_wire::Error) -> CloseReason {
         murmur_wire::Error::BadFrameHeader => CloseReason::Garbage,
         murmur_wire::Error::BadFrameLength { .. } => CloseReason::WrongSize,
         murmur_wire::Error::TruncatedFrame { .. } => CloseReason::Truncated,
-        murmur_wire::Error::Io(_) => CloseReason::Io,
+        murmur_wire::Error::Io(io) => match io.kind() {
+            // From the link stream: a record that does not open, or the
+            // connection ending inside one.
+            std::io::ErrorKind::InvalidData => CloseReason::BadRecord,
+            std::io::ErrorKind::UnexpectedEof => CloseReason::Truncated,
+            _ => CloseReason::Io,
+        },
         _ => CloseReason::Garbage,
     }
 }
 
-async fn serve(
+type Frames = FramedRead<murmur_net::LinkStream<TcpStream>, PacketCodec>;
+
+/// The link handshake as the responder, then the peer check: a node (its
+/// link key is in a recent consensus) or an unidentified client, which
+/// only some nodes take ([`super::ClientPolicy`]).
+async fn handshake(
     stream: TcpStream,
+    link: &LinkConfig,
+    topology: &dyn Topology,
+    metrics: &EngineMetrics,
+    shutdown: &CancellationToken,
+) -> Result<Frames, CloseReason> {
+    let _ = stream.set_nodelay(true);
+    let accepted = tokio::select! {
+        _ = shutdown.cancelled() => return Err(CloseReason::Shutdown),
+        r = murmur_net::accept(stream, Purpose::Packets, &link.key, &link.settings) => r,
+    };
+    let accepted = accepted.map_err(|e| {
+        metrics.handshake_failed("inbound", e.label());
+        tracing::debug!(error = %e, "inbound link handshake failed");
+        CloseReason::Handshake
+    })?;
+    if link.is_node(topology, &accepted.remote_static) {
+        metrics.peer("node");
+    } else if link.takes_clients(topology) {
+        metrics.peer("client");
+    } else {
+        return Err(CloseReason::ClientRefused);
+    }
+    // Room for several frames per read (the decoder never asks for more
+    // than one frame, so this bounds the buffer).
+    Ok(FramedRead::with_capacity(
+        accepted.stream,
+        PacketCodec,
+        READ_BUFFER,
+    ))
+}
+
+async fn serve(
+    mut frames: Frames,
     unwrap: &crossbeam_channel::Sender<Job>,
     metrics: &EngineMetrics,
     read_timeout: Duration,
     shutdown: &CancellationToken,
 ) -> CloseReason {
-    let _ = stream.set_nodelay(true);
-    // Room for several frames per read (the decoder never asks for more
-    // than one frame, so this bounds the buffer).
-    let mut frames = FramedRead::with_capacity(stream, PacketCodec, READ_BUFFER);
     // Both futures live across frames: creating a cancellation waiter and a
     // timer per frame would cost a lock each.
     let cancelled = shutdown.cancelled();

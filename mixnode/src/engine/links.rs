@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures::SinkExt;
+use murmur_net::{LinkSettings, LinkStream};
+use murmur_wire::link::Purpose;
 use murmur_wire::{NodeId, Packet, PacketCodec};
 use rand::RngExt;
 use tokio::net::TcpStream;
@@ -16,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::metrics::{DropReason, EngineMetrics};
-use super::{EngineLimits, Topology, resolve};
+use super::{EngineLimits, LinkConfig, Topology, resolve};
 
 /// Most packets written between two flushes.
 const BATCH: usize = 64;
@@ -28,6 +30,7 @@ struct Entry {
 
 pub(crate) struct Links {
     topology: Arc<dyn Topology>,
+    link: Arc<LinkConfig>,
     queue: usize,
     max_queued: i64,
     max_links: usize,
@@ -71,6 +74,7 @@ fn drain(rx: &mut mpsc::Receiver<Packet>, batch: &mut Vec<Packet>) {
 impl Links {
     pub(crate) fn new(
         topology: Arc<dyn Topology>,
+        link: Arc<LinkConfig>,
         limits: &EngineLimits,
         metrics: EngineMetrics,
         runtime: tokio::runtime::Handle,
@@ -89,6 +93,7 @@ impl Links {
         );
         Self {
             topology,
+            link,
             queue: limits.link_queue,
             max_queued: i64::try_from(limits.max_link_queued).unwrap_or(i64::MAX),
             max_links: limits.max_links,
@@ -199,19 +204,32 @@ impl Links {
             if self.shutdown.is_cancelled() {
                 break DropReason::Shutdown;
             }
-            let Some(addr) = resolve(&*self.topology, &next_hop) else {
+            let Some((addr, link_key)) = resolve(&*self.topology, &next_hop) else {
                 break DropReason::UnknownNextHop;
             };
-            let connect = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr));
+            let settings = LinkSettings {
+                handshake_timeout: self.connect_timeout,
+                ..self.link.settings
+            };
+            // The next hop proves it holds the link key the consensus lists
+            // for it; this node proves it holds its own.
+            let connect = murmur_net::connect(
+                addr,
+                Purpose::Packets,
+                Some(&self.link.key),
+                &link_key,
+                &settings,
+            );
             let connected = tokio::select! {
                 _ = self.shutdown.cancelled() => break DropReason::Shutdown,
                 r = connect => r,
             };
             let stream = match connected {
-                Ok(Ok(s)) => s,
-                _ => {
+                Ok(s) => s,
+                Err(e) => {
                     self.metrics.link_connect_failures.inc();
-                    tracing::debug!("outbound link could not connect; backing off");
+                    self.metrics.handshake_failed("outbound", e.label());
+                    tracing::debug!(error = %e, "outbound link could not connect; backing off");
                     let jitter = rand::rng().random_range(0.5..1.0);
                     tokio::select! {
                         _ = self.shutdown.cancelled() => break DropReason::Shutdown,
@@ -221,7 +239,6 @@ impl Links {
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
             backoff = self.backoff_min;
             self.metrics.links_up.inc();
             let outcome = self.serve(stream, &mut rx, &mut batch).await;
@@ -268,7 +285,7 @@ impl Links {
 
     async fn serve(
         &self,
-        stream: TcpStream,
+        stream: LinkStream<TcpStream>,
         rx: &mut mpsc::Receiver<Packet>,
         batch: &mut Vec<Packet>,
     ) -> Outcome {

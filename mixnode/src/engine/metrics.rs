@@ -97,11 +97,18 @@ pub enum CloseReason {
     Io,
     /// The node shut down.
     Shutdown,
+    /// The link handshake failed or timed out (see `link_handshake_failures`).
+    Handshake,
+    /// A link record did not verify (tampering, or not a Murmur link).
+    BadRecord,
+    /// An unidentified initiator (a client) at a node that takes packets
+    /// only from nodes (an inner-layer mix, a mailbox).
+    ClientRefused,
 }
 
 impl CloseReason {
     /// Every reason.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::Eof,
         Self::Garbage,
         Self::WrongSize,
@@ -109,6 +116,9 @@ impl CloseReason {
         Self::Timeout,
         Self::Io,
         Self::Shutdown,
+        Self::Handshake,
+        Self::BadRecord,
+        Self::ClientRefused,
     ];
 
     /// The label value.
@@ -121,8 +131,22 @@ impl CloseReason {
             Self::Timeout => "timeout",
             Self::Io => "io",
             Self::Shutdown => "shutdown",
+            Self::Handshake => "handshake",
+            Self::BadRecord => "bad_record",
+            Self::ClientRefused => "client_refused",
         }
     }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HandshakeLabels {
+    side: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PeerLabels {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -143,6 +167,8 @@ pub(crate) struct EngineMetrics {
     pub(crate) connections_accepted: Counter,
     pub(crate) links_up: Gauge,
     pub(crate) link_connect_failures: Counter,
+    handshake_failures: Family<HandshakeLabels, Counter>,
+    peers: Family<PeerLabels, Counter>,
     pub(crate) unwrap_queue: Gauge,
     pub(crate) delay_queue: Gauge,
     pub(crate) link_queue: Gauge,
@@ -163,6 +189,8 @@ impl EngineMetrics {
             connections_accepted: Counter::default(),
             links_up: Gauge::default(),
             link_connect_failures: Counter::default(),
+            handshake_failures: Family::default(),
+            peers: Family::default(),
             unwrap_queue: Gauge::default(),
             delay_queue: Gauge::default(),
             link_queue: Gauge::default(),
@@ -228,6 +256,16 @@ impl EngineMetrics {
             m.link_connect_failures.clone(),
         );
         registry.register(
+            "link_handshake_failures",
+            "Link handshakes that failed, by side (inbound, outbound) and reason (timeout, io, bad_message1..3)",
+            m.handshake_failures.clone(),
+        );
+        registry.register(
+            "inbound_peers",
+            "Inbound links after their handshake, by the initiator's kind (node: its link key is in the consensus; client: unidentified)",
+            m.peers.clone(),
+        );
+        registry.register(
             "unwrap_queue_depth",
             "Packets waiting for a worker",
             m.unwrap_queue.clone(),
@@ -279,6 +317,41 @@ impl EngineMetrics {
                 reason: reason.as_str(),
             })
             .get()
+    }
+
+    pub(crate) fn handshake_failed(&self, side: &'static str, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&HandshakeLabels { side, reason })
+            .inc();
+    }
+
+    pub(crate) fn handshake_failures(&self) -> u64 {
+        let mut total = 0;
+        for side in ["inbound", "outbound"] {
+            for reason in [
+                "timeout",
+                "io",
+                "connect",
+                "bad_message1",
+                "bad_message2",
+                "bad_message3",
+                "http",
+            ] {
+                total += self
+                    .handshake_failures
+                    .get_or_create(&HandshakeLabels { side, reason })
+                    .get();
+            }
+        }
+        total
+    }
+
+    pub(crate) fn peer(&self, kind: &'static str) {
+        self.peers.get_or_create(&PeerLabels { kind }).inc();
+    }
+
+    pub(crate) fn peers(&self, kind: &'static str) -> u64 {
+        self.peers.get_or_create(&PeerLabels { kind }).get()
     }
 
     pub(crate) fn closed(&self, reason: CloseReason) {

@@ -10,11 +10,16 @@
 //!                                                     └──► FinalHop::deliver (this node is the final hop)
 //! ```
 //!
-//! * **Inbound**: a TCP listener; connections are capped by a semaphore; each
-//!   connection reads frames with [`murmur_wire::PacketCodec`] and must
-//!   complete a frame within the read timeout. A bad frame (garbage header,
-//!   wrong size, truncated) is counted by reason and closes that connection
-//!   only.
+//! * **Inbound**: a TCP listener; connections are capped by a semaphore;
+//!   each connection first completes a link handshake as the responder
+//!   (`murmur_net::accept`: Noise XKpsk3 with ML-KEM, `docs/protocol.md`
+//!   §4) within the handshake timeout, and is then a node (its link key is
+//!   in the consensus) or an unidentified client, which only an entry-layer
+//!   mix accepts ([`ClientPolicy`]). Frames are then read with
+//!   [`murmur_wire::PacketCodec`] from the decrypted stream and must
+//!   complete within the read timeout. A failed handshake, a record that
+//!   does not verify, or a bad frame (garbage header, wrong size, truncated)
+//!   is counted by reason and closes that connection only.
 //! * **Unwrapping** runs on worker threads (one per core plus one by default), fed by
 //!   a bounded channel; when it is full, packets are dropped and counted. A
 //!   packet that waited longer than `max_unwrap_dwell_ms` is dropped before
@@ -30,7 +35,8 @@
 //! * **Links**: one persistent outbound connection per next hop, created on
 //!   demand, reconnecting with exponential backoff, with a bounded queue,
 //!   closed when idle. A next hop must be listed in the current or the
-//!   previous epoch's consensus.
+//!   previous epoch's consensus; the link authenticates it by the link key
+//!   listed there, and this node by its own.
 //!
 //! Every drop is counted by reason (see [`DropReason`]); no per-packet data
 //! is logged at info or above.
@@ -49,7 +55,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_wire::{Delivery, Destination, NodeId, Packet, VerifiedConsensus};
+use murmur_net::LinkSettings;
+use murmur_wire::{
+    Delivery, Destination, LinkPublicKey, LinkSecretKey, NodeId, Packet, VerifiedConsensus,
+};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -84,14 +93,107 @@ pub trait Topology: Send + Sync + 'static {
 /// The hard upper bound on any packet delay, whatever the consensus says.
 pub const MAX_DELAY_CAP: Duration = Duration::from_secs(24 * 3600);
 
-/// Looks `id` up in the current consensus, then in the previous epoch's.
-pub fn resolve(topology: &dyn Topology, id: &NodeId) -> Option<SocketAddr> {
+/// Looks `id` up in the current consensus, then in the previous epoch's:
+/// its packet address and link key.
+pub fn resolve(topology: &dyn Topology, id: &NodeId) -> Option<(SocketAddr, LinkPublicKey)> {
     let current = topology.current()?;
     if let Some(node) = current.node(id) {
-        return Some(node.packet_addr);
+        return Some((node.packet_addr, node.link_key.clone()));
     }
     let previous = topology.for_epoch(current.epoch().checked_sub(1)?)?;
-    previous.node(id).map(|n| n.packet_addr)
+    previous
+        .node(id)
+        .map(|n| (n.packet_addr, n.link_key.clone()))
+}
+
+/// The consensuses a peer is looked up in: the current one, the previous
+/// and the next (around an epoch change, peers may be a document ahead or
+/// behind).
+fn recent(topology: &dyn Topology) -> Vec<Arc<VerifiedConsensus>> {
+    let Some(current) = topology.current() else {
+        return Vec::new();
+    };
+    let epoch = current.epoch();
+    let mut out = vec![current];
+    for e in [epoch.checked_sub(1), epoch.checked_add(1)]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(c) = topology.for_epoch(e) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Who may open a packet link to this node without being a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientPolicy {
+    /// Clients only while this node is a first-layer (entry) mix in a recent
+    /// consensus; other mixes take packets only from nodes, so a client
+    /// cannot enter the network past the first layer.
+    EntryLayer,
+    /// Never: a mailbox's packet port (only mixes deliver to it).
+    Never,
+    /// Always (tests and tools that play the client).
+    Always,
+}
+
+/// How the engine's links authenticate: this node's link key, its id (to
+/// find its own layer) and who may call it.
+#[derive(Clone)]
+pub struct LinkConfig {
+    /// This node's secret link key (the one its descriptor publishes).
+    pub key: Arc<LinkSecretKey>,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Who may call without being a node.
+    pub clients: ClientPolicy,
+    /// Handshake timeout and rekey interval; [`Engine::start`] sets them
+    /// from the engine's limits (`handshake_timeout_ms`, `link_rekey_secs`;
+    /// outbound links use `connect_timeout_ms` for connect and handshake).
+    pub settings: LinkSettings,
+}
+
+impl std::fmt::Debug for LinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkConfig")
+            .field("node_id", &self.node_id)
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkConfig {
+    /// The link configuration of the node whose identity secret is
+    /// `identity_secret` (the link key derives from it).
+    pub fn for_node(identity_secret: &[u8; 32], node_id: NodeId, clients: ClientPolicy) -> Self {
+        Self {
+            key: Arc::new(LinkSecretKey::derive(identity_secret)),
+            node_id,
+            clients,
+            settings: LinkSettings::default(),
+        }
+    }
+
+    /// True if an initiator whose static key is `dh` is a node of a recent
+    /// consensus.
+    fn is_node(&self, topology: &dyn Topology, dh: &[u8; 32]) -> bool {
+        recent(topology)
+            .iter()
+            .any(|c| c.node_by_link_key(dh).is_some())
+    }
+
+    /// True if this node takes links from clients now.
+    fn takes_clients(&self, topology: &dyn Topology) -> bool {
+        match self.clients {
+            ClientPolicy::Always => true,
+            ClientPolicy::Never => false,
+            ClientPolicy::EntryLayer => recent(topology)
+                .iter()
+                .any(|c| c.node(&self.node_id).and_then(|n| n.layer) == Some(0)),
+        }
+    }
 }
 
 /// Engine tunables (the `[engine]` table of the configuration).
@@ -105,6 +207,11 @@ pub struct EngineLimits {
     /// An inbound connection must complete a frame within this, seconds
     /// (idle and slow peers are closed).
     pub read_timeout_secs: u64,
+    /// An inbound connection must complete its link handshake within
+    /// this, ms (outbound links: `connect_timeout_ms` covers both).
+    pub handshake_timeout_ms: u64,
+    /// Each direction of a link is rekeyed at least this often, seconds.
+    pub link_rekey_secs: u64,
     /// Packets waiting for a worker; more are dropped.
     pub unwrap_queue: usize,
     /// A packet that waited longer than this for a worker is dropped, ms.
@@ -135,6 +242,8 @@ impl Default for EngineLimits {
             workers: 0,
             max_connections: 1024,
             read_timeout_secs: 180,
+            handshake_timeout_ms: 10_000,
+            link_rekey_secs: 600,
             unwrap_queue: 2048,
             max_unwrap_dwell_ms: 250,
             max_delayed: 50_000,
@@ -156,6 +265,8 @@ impl EngineLimits {
         let positive = [
             ("max_connections", self.max_connections as u64),
             ("read_timeout_secs", self.read_timeout_secs),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("link_rekey_secs", self.link_rekey_secs),
             ("unwrap_queue", self.unwrap_queue as u64),
             ("max_unwrap_dwell_ms", self.max_unwrap_dwell_ms),
             ("max_delayed", self.max_delayed as u64),
@@ -180,6 +291,8 @@ impl EngineLimits {
                 self.read_timeout_secs.saturating_mul(1000),
             ),
             ("max_unwrap_dwell_ms", self.max_unwrap_dwell_ms),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("link_rekey_secs", self.link_rekey_secs.saturating_mul(1000)),
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),
             (
@@ -234,6 +347,8 @@ pub struct EngineConfig {
     pub limits: EngineLimits,
     /// Replay cache settings.
     pub replay: ReplaySettings,
+    /// Link authentication.
+    pub link: LinkConfig,
 }
 
 /// Lets the owner send its own packets (the mailbox's acknowledgements, the
@@ -292,6 +407,12 @@ pub struct EngineStats {
     pub links_up: i64,
     /// Inbound connections open.
     pub connections: i64,
+    /// Link handshakes that failed, both sides.
+    pub handshake_failures: u64,
+    /// Inbound links from nodes (authenticated by the consensus).
+    pub peers_node: u64,
+    /// Inbound links from unidentified clients (accepted).
+    pub peers_client: u64,
 }
 
 impl EngineStats {
@@ -343,6 +464,9 @@ impl EngineHandle {
             link_queue: m.link_queue.get(),
             links_up: m.links_up.get(),
             connections: m.connections_open.get(),
+            handshake_failures: m.handshake_failures(),
+            peers_node: m.peers("node"),
+            peers_client: m.peers("client"),
         }
     }
 
@@ -406,8 +530,16 @@ impl Engine {
         let io_tracker = TaskTracker::new();
         let limits = config.limits.clone();
 
+        let link = Arc::new(LinkConfig {
+            settings: LinkSettings {
+                handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
+                rekey_interval: Duration::from_secs(limits.link_rekey_secs),
+            },
+            ..config.link.clone()
+        });
         let links = Arc::new(Links::new(
             topology.clone(),
+            link.clone(),
             &limits,
             metrics.clone(),
             runtime.clone(),
@@ -446,7 +578,7 @@ impl Engine {
         let shared = Arc::new(worker::Shared {
             keys: keys.clone(),
             replay: replay.clone(),
-            topology,
+            topology: topology.clone(),
             final_hop,
             metrics: metrics.clone(),
             delay_tx,
@@ -476,6 +608,7 @@ impl Engine {
                 max_connections: limits.max_connections,
                 read_timeout: Duration::from_secs(limits.read_timeout_secs),
             },
+            inbound::Peers { link, topology },
             io_tracker.clone(),
             shutdown.clone(),
         ));

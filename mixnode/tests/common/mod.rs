@@ -9,14 +9,17 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use murmur_mixnode::engine::{
-    Engine, EngineConfig, EngineHandle, EngineLimits, FinalHop, ReplaySettings, Topology,
+    ClientPolicy, Engine, EngineConfig, EngineHandle, EngineLimits, FinalHop, LinkConfig,
+    ReplaySettings, Topology,
 };
 use murmur_mixnode::keys::KeyRingHandle;
+use murmur_net::{LinkSettings, LinkStream};
 use murmur_wire::ed25519_dalek::SigningKey;
+use murmur_wire::link::Purpose;
 use murmur_wire::{
-    AuthoritySet, Consensus, Delivery, Destination, Hop, IdentityKey, KeyRing, MailboxEntry,
-    MixEntry, NetworkParams, NodeId, Packet, PacketCodec, SignedConsensus, SphinxPublicKey,
-    SphinxSecretKey, VerifiedConsensus,
+    AuthoritySet, Consensus, Delivery, Destination, Hop, IdentityKey, KeyRing, LinkPublicKey,
+    LinkSecretKey, MailboxEntry, MixEntry, NetworkParams, NodeId, Packet, PacketCodec,
+    SignedConsensus, SphinxPublicKey, SphinxSecretKey, VerifiedConsensus,
 };
 use prometheus_client::registry::Registry;
 use tokio::net::TcpStream;
@@ -33,6 +36,11 @@ pub fn identity(n: u8) -> SigningKey {
 
 pub fn ident(k: &SigningKey) -> IdentityKey {
     IdentityKey::from(&k.verifying_key())
+}
+
+/// The link key of the node whose identity is `k`.
+pub fn link_key(k: &SigningKey) -> LinkPublicKey {
+    LinkSecretKey::derive(&k.to_bytes()).public().clone()
 }
 
 pub fn params(max_delay: Duration) -> NetworkParams {
@@ -52,6 +60,7 @@ pub fn params(max_delay: Duration) -> NetworkParams {
 pub struct Member {
     pub identity: IdentityKey,
     pub addr: SocketAddr,
+    pub link: LinkPublicKey,
     pub key: SphinxPublicKey,
     /// `Some(layer)` for a mix, `None` for a mailbox.
     pub layer: Option<u8>,
@@ -67,6 +76,7 @@ pub fn consensus(epoch: u64, params: NetworkParams, members: &[Member]) -> Verif
                 layer,
                 identity: m.identity,
                 packet_addr: m.addr,
+                link_key: m.link.clone(),
                 sphinx_key: m.key,
             })
         })
@@ -79,12 +89,13 @@ pub fn consensus(epoch: u64, params: NetworkParams, members: &[Member]) -> Verif
             identity: m.identity,
             packet_addr: m.addr,
             http_addr: "127.0.0.1:9".parse().unwrap(),
+            link_key: m.link.clone(),
             sphinx_key: m.key,
         })
         .collect();
     mailboxes.sort_by_key(|m| m.identity);
     let doc = Consensus {
-        version: 1,
+        version: murmur_wire::directory::CONSENSUS_VERSION,
         epoch,
         valid_after: epoch * L,
         valid_until: (epoch + 1) * L,
@@ -165,6 +176,7 @@ impl TestNode {
         Member {
             identity: ident(&self.identity),
             addr: self.engine.local_addr,
+            link: link_key(&self.identity),
             key: self.key.public_key(),
             layer,
         }
@@ -205,6 +217,19 @@ pub fn start_node_with_ring(
     topology: Arc<dyn Topology>,
     limits: EngineLimits,
 ) -> TestNode {
+    start_node_with_policy(n, key, ring, dir, topology, limits, ClientPolicy::Always)
+}
+
+/// [`start_node_with_ring`] taking links from clients per `clients`.
+pub fn start_node_with_policy(
+    n: u8,
+    key: SphinxSecretKey,
+    ring: KeyRingHandle,
+    dir: &Path,
+    topology: Arc<dyn Topology>,
+    limits: EngineLimits,
+    clients: ClientPolicy,
+) -> TestNode {
     let identity = identity(n);
     let id = ident(&identity).node_id();
     let recorder = Arc::new(Recorder::default());
@@ -217,6 +242,7 @@ pub fn start_node_with_ring(
             key_lifetime: Duration::from_secs(L + 600),
             limits,
             replay: replay_settings(),
+            link: LinkConfig::for_node(&identity.to_bytes(), id, clients),
         },
         ring.clone(),
         topology,
@@ -238,12 +264,23 @@ pub fn start_node_with_ring(
     }
 }
 
-/// A packet link to `addr`.
-pub async fn connect(addr: SocketAddr) -> FramedWrite<TcpStream, PacketCodec> {
-    FramedWrite::new(TcpStream::connect(addr).await.unwrap(), PacketCodec)
+/// A packet link: frames over an encrypted link.
+pub type Link = FramedWrite<LinkStream<TcpStream>, PacketCodec>;
+
+/// A packet link to `node`, as a client.
+pub async fn connect(node: &TestNode) -> Link {
+    connect_to(node.engine.local_addr, &link_key(&node.identity)).await
 }
 
-pub async fn send(link: &mut FramedWrite<TcpStream, PacketCodec>, packet: &Packet) {
+/// A packet link to whoever listens at `addr` with the link key `key`.
+pub async fn connect_to(addr: SocketAddr, key: &LinkPublicKey) -> Link {
+    let stream = murmur_net::connect(addr, Purpose::Packets, None, key, &LinkSettings::default())
+        .await
+        .unwrap();
+    FramedWrite::new(stream, PacketCodec)
+}
+
+pub async fn send(link: &mut Link, packet: &Packet) {
     link.send(packet.clone()).await.unwrap();
 }
 
