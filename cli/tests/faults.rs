@@ -648,8 +648,8 @@ async fn a_slow_reading_next_hop_costs_bounded_drops_only_on_its_link() {
         let c = c.clone();
         tokio::task::spawn_blocking(move || {
             (
-                harness::drop_cover_frames(&c, [u, v, w], mailbox, slow_packets),
-                harness::drop_cover_frames(&c, [u, v2, w], mailbox, slow_packets / 6),
+                harness::drop_cover_frames(&c, &[u, v, w], mailbox, slow_packets),
+                harness::drop_cover_frames(&c, &[u, v2, w], mailbox, slow_packets / 6),
             )
         })
         .await
@@ -670,13 +670,14 @@ async fn a_slow_reading_next_hop_costs_bounded_drops_only_on_its_link() {
     // The two streams interleaved, at about 1200 packets/s (what one
     // unwrap worker keeps up with), with real traffic at the same time.
     let u_addr = net.mixes[ui].listen_addr;
+    let u_key = c.node(&u).unwrap().link_key.clone();
     let mixed: Vec<Vec<u8>> = slow
         .chunks(6)
         .zip(fast.iter())
         .flat_map(|(s, f)| s.iter().chain([f]).cloned())
         .collect();
     assert_eq!(mixed.len(), slow.len() + fast.len());
-    let load = tokio::spawn(harness::send_frames_paced(u_addr, mixed, 1200));
+    let load = tokio::spawn(harness::send_frames_paced(u_addr, u_key, mixed, 1200));
     let mut to_bob = Sent::new();
     let mut handles = send_texts(&alice, "bob", "during", 6, &mut to_bob).await;
     load.await.unwrap();
@@ -772,27 +773,68 @@ async fn garbage_and_replays_at_a_mix_and_a_mailbox_change_nothing() {
     let first = wait_inbox(&bob, &to_bob, DELIVERY).await;
     assert_eq!(first.delivered, 6);
 
-    // Captured packets: those that entered a layer-0 mix, and those that
-    // entered Bob's mailbox.
+    // What an on-path observer captured: every connection into a layer-0
+    // mix and into Bob's mailbox. It holds no packet frame in the clear.
     let c = net.consensus().await;
     let mix = net.mix_by_id(&c.layers()[0][0].id);
     let mix_name = net.mixes[mix].daemon.name.clone();
-    let mix_frames: Vec<Vec<u8>> = net
-        .mixes
-        .iter()
-        .filter(|m| c.layers()[0].iter().any(|n| n.id == m.id))
-        .flat_map(|m| proxies[&m.daemon.name].recorded_frames())
+    // Connections that got as far as a whole handshake (a replay of a
+    // shorter one would only wait for the handshake timeout).
+    let whole = |s: &Vec<u8>| {
+        s.len() >= 4 + murmur_wire::link::MESSAGE1_SIZE + murmur_wire::link::MESSAGE3_SIZE
+    };
+    let mix_streams: Vec<Vec<u8>> = proxies[&mix_name]
+        .recorded_streams()
+        .into_iter()
+        .filter(whole)
         .collect();
-    let own = proxies[&mix_name].recorded_frames().len() as f64;
-    let box_frames = proxies["mailbox-1"].recorded_frames();
-    assert!(!mix_frames.is_empty() && !box_frames.is_empty());
+    let box_streams: Vec<Vec<u8>> = proxies["mailbox-1"]
+        .recorded_streams()
+        .into_iter()
+        .filter(whole)
+        .collect();
+    assert!(!mix_streams.is_empty() && !box_streams.is_empty());
+    let header = murmur_wire::PacketCodec::header();
+    for s in mix_streams.iter().chain(&box_streams) {
+        assert!(
+            !s.windows(header.len()).any(|w| w == header),
+            "a packet frame crossed a link in the clear"
+        );
+    }
     let mix_addr = net.mixes[mix].listen_addr;
     let box_addr = net.mailboxes[1].listen_addr;
+    let mix_key = c.node(&net.mixes[mix].id).unwrap().link_key.clone();
+    let box_key = c.node(&net.mailboxes[1].id).unwrap().link_key.clone();
     let mix_before = Metrics::scrape(net.mixes[mix].http_addr).await;
     let box_before = Metrics::scrape(net.mailboxes[1].http_addr).await;
 
-    // Flood: garbage connections to both, replays to both, and real
-    // messages at the same time.
+    // What a corrupt node could replay: packets it handled in the clear.
+    // Packets into the layer-0 mix (as a client would send them), and
+    // packets straight to the mailbox (as the layer-2 mix would pass them
+    // on), each sent twice.
+    let (mix_frames, box_frames) = {
+        let c = c.clone();
+        let (l0, l1, l2) = (
+            c.layers()[0][0].id,
+            c.layers()[1][0].id,
+            c.layers()[2][0].id,
+        );
+        let mailbox = net.mailboxes[1].id;
+        tokio::task::spawn_blocking(move || {
+            (
+                harness::drop_cover_frames(&c, &[l0, l1, l2], mailbox, 20),
+                harness::drop_cover_frames(&c, &[], mailbox, 20),
+            )
+        })
+        .await
+        .unwrap()
+    };
+    let layer2 = net.mix_by_id(&c.layers()[2][0].id);
+    let as_layer2 = harness::link_key_of(&net.mixes[layer2]);
+
+    // Flood: garbage connections to both, the captured connections replayed
+    // to both, packets replayed by a node to both, and real messages at
+    // the same time.
     let flood = tokio::spawn(async move {
         let mut closed = 0;
         for i in 0..40 {
@@ -803,10 +845,23 @@ async fn garbage_and_replays_at_a_mix_and_a_mailbox_change_nothing() {
         }
         closed
     });
-    // Every captured packet that entered layer 0, replayed into one layer-0
-    // mix: those for it are replays, the others fail its MAC check.
-    harness::send_frames(mix_addr, &mix_frames).await;
-    harness::send_frames(box_addr, &box_frames).await;
+    let mut captured_refused = 0;
+    for (addr, streams) in [(mix_addr, &mix_streams), (box_addr, &box_streams)] {
+        for s in streams.iter() {
+            if harness::replayed_stream_is_refused(addr, s, Duration::from_secs(15)).await {
+                captured_refused += 1;
+            }
+        }
+    }
+    let captured = mix_streams.len() + box_streams.len();
+    assert_eq!(
+        captured_refused, captured,
+        "a replayed capture was taken as a link"
+    );
+    for _ in 0..2 {
+        harness::send_frames(mix_addr, &mix_key, None, &mix_frames).await;
+        harness::send_frames(box_addr, &box_key, Some(&as_layer2), &box_frames).await;
+    }
     let hs = send_texts(&alice, "bob", "during", 6, &mut to_bob).await;
     let closed = flood.await.unwrap();
     assert_eq!(closed, 40, "a garbage connection was left open");
@@ -822,47 +877,43 @@ async fn garbage_and_replays_at_a_mix_and_a_mailbox_change_nothing() {
         &mix_before,
         "murmur_mixnode_packets_dropped_total{reason=\"replay\"}",
     );
-    let mix_malformed = delta(
+    let mix_handshakes = delta(
         &mix_after,
         &mix_before,
-        "murmur_mixnode_packets_dropped_total{reason=\"malformed\"}",
-    );
-    let mix_garbage = delta(
-        &mix_after,
-        &mix_before,
-        "murmur_mixnode_inbound_closed_total{reason=\"garbage\"}",
+        "murmur_mixnode_inbound_closed_total{reason=\"handshake\"}",
     );
     let box_replays = delta(
         &box_after,
         &box_before,
         "murmur_mailbox_packets_dropped_total{reason=\"replay\"}",
     );
-    let box_garbage = delta(
+    let box_handshakes = delta(
         &box_after,
         &box_before,
-        "murmur_mailbox_inbound_closed_total{reason=\"garbage\"}",
+        "murmur_mailbox_inbound_closed_total{reason=\"handshake\"}",
     );
-    // Its own captured packets are replays; the other layer-0 mix's fail
-    // its MAC check.
-    assert!(own > 0.0);
+    // Each packet's second copy is a replay; garbage and captured
+    // connections fail their handshake.
     assert_eq!(
-        mix_replays, own,
+        mix_replays,
+        mix_frames.len() as f64,
         "every replay at the mix is dropped and counted"
     );
-    assert_eq!(mix_malformed, mix_frames.len() as f64 - own);
     assert_eq!(box_replays, box_frames.len() as f64);
-    assert_eq!(mix_garbage, 20.0);
-    assert_eq!(box_garbage, 20.0);
+    assert_eq!(mix_handshakes, 20.0 + mix_streams.len() as f64);
+    assert_eq!(box_handshakes, 20.0 + box_streams.len() as f64);
+    let (mix_garbage, box_garbage) = (20, 20);
     net.assert_others_healthy(&[]).await;
     let (who, kb) = rss.finish(RSS_BOUND_KB);
     harness::assert_logs_clean(&net, &[&alice, &bob], &[&to_bob]);
     report(
-        "40 garbage connections and every captured packet replayed, at a mix and a mailbox",
+        "40 garbage connections, every captured connection replayed, and packets replayed by a node, at a mix and a mailbox",
         &[t],
         &format!(
-            "mix: {mix_replays} replays + {mix_malformed} not for it dropped, {mix_garbage} \
-             garbage connections closed; mailbox: {box_replays} replays dropped, {box_garbage} \
-             garbage connections closed; max RSS {} MB ({who})",
+            "{captured} captured connections replayed: all refused at the handshake, no frame \
+             in the clear in them; mix: {mix_replays} replays dropped, {mix_garbage} garbage \
+             connections closed; mailbox: {box_replays} replays dropped, {box_garbage} garbage \
+             connections closed; max RSS {} MB ({who})",
             kb / 1024
         ),
     );

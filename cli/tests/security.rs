@@ -29,7 +29,10 @@ use murmur_client::network::{AuthorityEntry, follow};
 use murmur_client::{Body, Client, ClientOptions};
 use murmur_directory::clock::{Clock, SystemClock};
 use murmur_directory::http::{HttpClient, POSTCARD};
+use murmur_net::LinkSettings;
+use murmur_net::http::LinkHttpClient;
 use murmur_wire::ed25519_dalek::SigningKey;
+use murmur_wire::link::Purpose;
 use murmur_wire::mailbox::{
     MAILBOX_API_VERSION, OwnerOp, OwnerRequest, OwnerResponse, SignedOwnerRequest,
 };
@@ -129,13 +132,19 @@ async fn only_the_owner_reads_or_deletes_a_queue_and_requests_do_not_replay() {
     }
 
     let c = consensus.current().unwrap();
-    let api = c.node(&owned.provider).unwrap().http_addr.unwrap();
-    let http = HttpClient::new(Duration::from_secs(5));
+    let provider = c.node(&owned.provider).unwrap();
+    let api = provider.http_addr.unwrap();
+    let key = provider.link_key.clone();
+    let http = LinkHttpClient::new(
+        Purpose::MailboxApi,
+        LinkSettings::default(),
+        Duration::from_secs(5),
+    );
     let post = |body: Bytes| {
-        let http = http.clone();
+        let (http, key) = (http.clone(), key.clone());
         async move {
             let (status, body) = http
-                .post(api, "/v1/queue", POSTCARD, body, 1 << 20)
+                .post(api, &key, "/v1/queue", POSTCARD, body, 1 << 20)
                 .await
                 .unwrap();
             (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
@@ -168,7 +177,7 @@ async fn only_the_owner_reads_or_deletes_a_queue_and_requests_do_not_replay() {
     // The owner's own request, captured and sent again: refused.
     let genuine = signed(&owner, inbox, fetch.clone(), now, 100);
     let (status, body) = http
-        .post(api, "/v1/queue", POSTCARD, genuine.clone(), 1 << 20)
+        .post(api, &key, "/v1/queue", POSTCARD, genuine.clone(), 1 << 20)
         .await
         .unwrap();
     assert_eq!(status.as_u16(), 200);

@@ -98,6 +98,19 @@ pub fn node_identity(i: u8) -> IdentityKey {
     IdentityKey::from(&node_signing_key(i).verifying_key())
 }
 
+/// Link key of node `i` (derived from its identity secret, as a real
+/// node's; cached: deriving it makes an ML-KEM key pair).
+pub fn link_key(i: u8) -> &'static murmur_wire::LinkSecretKey {
+    use std::sync::OnceLock;
+    static KEYS: OnceLock<Vec<murmur_wire::LinkSecretKey>> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        (0..=255u8)
+            .map(|n| murmur_wire::LinkSecretKey::derive(&node_signing_key(n).to_bytes()))
+            .collect()
+    });
+    &keys[usize::from(i)]
+}
+
 /// The key of the fixed mailbox queue owner.
 pub fn owner_key() -> SigningKey {
     SigningKey::from_bytes(&[0x0e; 32])

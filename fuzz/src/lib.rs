@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod keys;
+mod link;
 mod mailbox_http;
 pub mod seeds;
 
@@ -46,6 +47,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tokio_util::codec::Decoder;
 
+pub use link::link;
 pub use mailbox_http::{mailbox_counts, mailbox_http, mailbox_http_exchange};
 
 /// A target's body.
@@ -54,6 +56,7 @@ pub type Target = fn(&[u8]);
 /// The targets, by name, as cargo-fuzz and the smoke test know them.
 pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame),
+    ("link", link),
     ("sphinx_packet", sphinx_packet),
     ("sphinx_structured", sphinx_structured),
     ("final_payload", final_payload),
@@ -491,6 +494,7 @@ pub fn final_payload(data: &[u8]) {
 #[derive(Arbitrary, Debug)]
 struct DescriptorCase {
     version: u8,
+    link_key: u8,
     mailbox: bool,
     packet_addr: ArbAddr,
     http_addr: Option<ArbAddr>,
@@ -543,6 +547,7 @@ pub fn descriptor(data: &[u8]) {
             },
             packet_addr: case.packet_addr.into(),
             http_addr: case.http_addr.map(Into::into),
+            link_key: keys::link_key(case.link_key).public().clone(),
             sphinx_keys: case
                 .sphinx_keys
                 .iter()
@@ -673,6 +678,7 @@ pub fn consensus(data: &[u8]) {
                         layer: *layer % 4,
                         identity: keys::node_identity(*who),
                         packet_addr: (*addr).into(),
+                        link_key: keys::link_key(*who).public().clone(),
                         sphinx_key: SphinxPublicKey(*k),
                     })
                     .collect(),
@@ -684,6 +690,7 @@ pub fn consensus(data: &[u8]) {
                         identity: keys::node_identity(*who),
                         packet_addr: (*addr).into(),
                         http_addr: (*http).into(),
+                        link_key: keys::link_key(*who).public().clone(),
                         sphinx_key: SphinxPublicKey(*k),
                     })
                     .collect(),

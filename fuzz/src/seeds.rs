@@ -91,6 +91,7 @@ fn descriptor(node: u8, role: Role) -> SignedDescriptor {
         role,
         packet_addr: addr(&format!("127.0.0.1:{}", 9000 + u16::from(node))),
         http_addr: (role == Role::Mailbox).then(|| addr("127.0.0.1:8080")),
+        link_key: keys::link_key(node).public().clone(),
         sphinx_keys: vec![
             EpochKey {
                 epoch: keys::EPOCH,
@@ -123,6 +124,7 @@ pub fn consensus_doc() -> Consensus {
                 layer: i,
                 identity: keys::node_identity(i),
                 packet_addr: addr(&format!("127.0.0.1:{}", 9000 + u16::from(i))),
+                link_key: keys::link_key(i).public().clone(),
                 sphinx_key: keys::sphinx_key(i, 0).public_key(),
             })
             .collect(),
@@ -130,6 +132,7 @@ pub fn consensus_doc() -> Consensus {
             identity: keys::node_identity(3),
             packet_addr: addr("127.0.0.1:9003"),
             http_addr: addr("127.0.0.1:8080"),
+            link_key: keys::link_key(3).public().clone(),
             sphinx_key: keys::sphinx_key(3, 0).public_key(),
         }],
     }
@@ -240,6 +243,48 @@ pub fn all() -> Vec<Seed> {
         with_mode(0, b"GET / HTTP/1.1\r\n\r\n"),
     );
     add("frame", "header_only", with_mode(0, &PacketCodec::header()));
+
+    // link: mode byte, then handshake messages or records.
+    {
+        use murmur_wire::link::{Initiator, MESSAGE2_SIZE, MESSAGE3_SIZE, Purpose};
+        let m1 = ok(
+            Initiator::start(
+                &mut rng(7),
+                Purpose::Packets,
+                None,
+                keys::link_key(1).public(),
+            ),
+            "link message 1",
+        )
+        .1;
+        add("link", "message1", with_mode(0, &m1));
+        add(
+            "link",
+            "message1_wrong_purpose_key",
+            with_mode(0, &m1[..100]),
+        );
+        add(
+            "link",
+            "message2_zeros",
+            with_mode(1, &[0u8; MESSAGE2_SIZE]),
+        );
+        add(
+            "link",
+            "message3_zeros",
+            with_mode(2, &[0u8; MESSAGE3_SIZE]),
+        );
+        let mut record = 40u16.to_be_bytes().to_vec();
+        record.extend_from_slice(&[0x42; 40]);
+        add("link", "raw_record", with_mode(3, &record));
+        add("link", "raw_record_stream", with_mode(4, &record));
+        add("link", "short_length", with_mode(4, &[0, 3, 1, 2, 3]));
+        add("link", "huge_length", with_mode(3, &[0xff, 0xff, 1, 2, 3]));
+        add(
+            "link",
+            "genuine_records",
+            with_mode(5, &[0x00, 0x10, 0x81, 0x00, 0x0b, 0xb8, 0x7f, 0xff]),
+        );
+    }
 
     // sphinx_packet: packets for node 0's key ring.
     add("sphinx_packet", "forward_epoch0", fwd.as_bytes().to_vec());

@@ -72,6 +72,8 @@ fn budget(target: &str) -> usize {
     match target {
         // Base58 of long inputs is quadratic in the (bounded) length.
         "invitation" => 1500,
+        // Every input runs one or two whole handshakes (ML-KEM, X25519).
+        "link" => 600,
         _ => 2500,
     }
 }

@@ -332,8 +332,10 @@ pub struct Node {
     pub listen_addr: SocketAddr,
     /// Where the consensus says it is.
     pub public_addr: SocketAddr,
-    /// `/metrics`, `/healthz` (and, for a mailbox, the fetch API).
+    /// `/metrics` and `/healthz` (a mailbox's operator listener).
     pub http_addr: SocketAddr,
+    /// A mailbox's fetch API (encrypted links).
+    pub api_addr: Option<SocketAddr>,
     pub id: NodeId,
 }
 
@@ -519,6 +521,7 @@ impl Net {
                 listen_addr: listen,
                 public_addr: public,
                 http_addr: http,
+                api_addr: None,
                 id,
             });
         }
@@ -528,7 +531,7 @@ impl Net {
         for i in 0..o.mailboxes {
             let name = format!("mailbox-{i}");
             let d = root.join(&name);
-            let (listen, http) = (free_addr(), free_addr());
+            let (listen, http, operator) = (free_addr(), free_addr(), free_addr());
             let public = o.public_addrs.get(&name).copied().unwrap_or(listen);
             let mut args: Vec<String> = vec![
                 "init".into(),
@@ -540,6 +543,8 @@ impl Net {
                 public.to_string(),
                 "--http".into(),
                 http.to_string(),
+                "--operator".into(),
+                operator.to_string(),
                 "--threshold".into(),
                 o.threshold.to_string(),
             ];
@@ -556,7 +561,8 @@ impl Net {
                 ),
                 listen_addr: listen,
                 public_addr: public,
-                http_addr: http,
+                http_addr: operator,
+                api_addr: Some(http),
                 id,
             });
         }
@@ -1089,11 +1095,11 @@ pub fn mix_names(width: usize) -> Vec<String> {
 // ------------------------------------------------------------ raw packets
 
 /// `n` valid frames of drop cover through `mixes` (one per layer, zero
-/// delays) to `mailbox`, built with this epoch's keys — what a load
-/// generator sends.
+/// delays; none for a packet straight to the mailbox) to `mailbox`, built
+/// with this epoch's keys — what a load generator sends.
 pub fn drop_cover_frames(
     consensus: &VerifiedConsensus,
-    mixes: [NodeId; 3],
+    mixes: &[NodeId],
     mailbox: NodeId,
     n: usize,
 ) -> Vec<Vec<u8>> {
@@ -1103,7 +1109,7 @@ pub fn drop_cover_frames(
         .map(|id| consensus.node(id).unwrap().hop())
         .collect();
     hops.push(consensus.node(&mailbox).unwrap().hop());
-    let route = Route::new(hops, vec![Duration::ZERO; 4]).unwrap();
+    let route = Route::new(hops, vec![Duration::ZERO; mixes.len() + 1]).unwrap();
     let payload = FinalPayload::DropCover.encode();
     let mut rng = rand::rng();
     (0..n)
@@ -1117,32 +1123,87 @@ pub fn drop_cover_frames(
         .collect()
 }
 
-/// Writes `frames` to `addr` over one connection, then closes it.
-pub async fn send_frames(addr: SocketAddr, frames: &[Vec<u8>]) {
+/// The secret link key of a daemon (it derives from the identity key in
+/// its directory): what a test uses to speak as that node.
+pub fn link_key_of(node: &Node) -> murmur_wire::LinkSecretKey {
+    let dir = node.daemon.config.parent().unwrap();
+    let identity = murmur_directory::keyfile::read_signing_key(&dir.join("identity.key")).unwrap();
+    murmur_wire::LinkSecretKey::derive(&identity.to_bytes())
+}
+
+/// A packet link to the node at `addr` holding `key`, as a client (`as_node`
+/// `None`) or as the node whose secret link key is given.
+pub async fn packet_link(
+    addr: SocketAddr,
+    key: &murmur_wire::LinkPublicKey,
+    as_node: Option<&murmur_wire::LinkSecretKey>,
+) -> murmur_net::LinkStream<tokio::net::TcpStream> {
+    murmur_net::connect(
+        addr,
+        murmur_wire::link::Purpose::Packets,
+        as_node,
+        key,
+        &murmur_net::LinkSettings::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Writes `frames` over one link to `addr` (whose link key is `key`), as
+/// a client or as a node, then closes it.
+pub async fn send_frames(
+    addr: SocketAddr,
+    key: &murmur_wire::LinkPublicKey,
+    as_node: Option<&murmur_wire::LinkSecretKey>,
+    frames: &[Vec<u8>],
+) {
     use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    for f in frames {
-        s.write_all(f).await.unwrap();
+    let mut s = packet_link(addr, key, as_node).await;
+    s.write_all(&frames.concat()).await.unwrap();
+    s.flush().await.unwrap();
+    s.shutdown().await.unwrap();
+}
+
+/// Writes `frames` over one client link to `addr` at about `per_sec`
+/// frames a second, then closes it.
+pub async fn send_frames_paced(
+    addr: SocketAddr,
+    key: murmur_wire::LinkPublicKey,
+    frames: Vec<Vec<u8>>,
+    per_sec: usize,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = packet_link(addr, &key, None).await;
+    let per_tick = (per_sec / 50).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for chunk in frames.chunks(per_tick) {
+        tick.tick().await;
+        s.write_all(&chunk.concat()).await.unwrap();
+        s.flush().await.unwrap();
     }
     s.flush().await.unwrap();
     s.shutdown().await.unwrap();
 }
 
-/// Writes `frames` to `addr` over one connection at about `per_sec`
-/// frames a second, then closes it.
-pub async fn send_frames_paced(addr: SocketAddr, frames: Vec<Vec<u8>>, per_sec: usize) {
-    use tokio::io::AsyncWriteExt;
+/// Replays `bytes` (a captured connection) on a fresh connection to
+/// `addr`; true if the node closed it within `limit`.
+pub async fn replayed_stream_is_refused(addr: SocketAddr, bytes: &[u8], limit: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let per_tick = (per_sec / 50).max(1);
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    for chunk in frames.chunks(per_tick) {
-        tick.tick().await;
-        for f in chunk {
-            s.write_all(f).await.unwrap();
+    if s.write_all(bytes).await.is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            // The responder's handshake message 2 comes back first; the
+            // replayed message 3 cannot match it, so the node closes.
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
         }
     }
-    s.flush().await.unwrap();
-    s.shutdown().await.unwrap();
 }
 
 /// Sends `bytes` of garbage on a fresh connection to `addr`; true if the

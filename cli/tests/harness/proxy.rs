@@ -1,7 +1,9 @@
 //! A TCP proxy the test controls, placed in front of a node's packet port
 //! and published as the node's address: it can cut the link (drop every
 //! connection and refuse new ones), restore it, read slowly (a slow peer),
-//! and record what passes (to replay it later).
+//! and record what passes towards the node (what an on-path observer
+//! captures, to search and to replay later). The link handshake's answers
+//! travel back unrecorded.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +33,7 @@ struct State {
     forwarded: AtomicU64,
     /// Connections refused or dropped while cut.
     refused: AtomicU64,
-    /// One buffer per connection, each starting at a frame boundary.
+    /// One buffer per connection, from its first byte.
     recording: Mutex<Option<Vec<Vec<u8>>>>,
     record_limit: usize,
 }
@@ -135,17 +137,11 @@ impl Proxy {
         *self.state.recording.lock().unwrap() = Some(Vec::new());
     }
 
-    /// The whole frames recorded so far, as they were on the wire.
-    pub fn recorded_frames(&self) -> Vec<Vec<u8>> {
-        let header = murmur_wire::PacketCodec::header();
-        let size = murmur_wire::frame::FRAME_SIZE;
+    /// What each recorded connection carried towards the node, as it was
+    /// on the wire (an on-path observer's capture).
+    pub fn recorded_streams(&self) -> Vec<Vec<u8>> {
         let rec = self.state.recording.lock().unwrap();
-        rec.iter()
-            .flatten()
-            .flat_map(|conn| conn.chunks_exact(size))
-            .filter(|f| f.starts_with(&header))
-            .map(<[u8]>::to_vec)
-            .collect()
+        rec.iter().flatten().cloned().collect()
     }
 }
 
@@ -155,10 +151,26 @@ impl Drop for Proxy {
     }
 }
 
-async fn pump(mut from: TcpStream, target: SocketAddr, state: Arc<State>) {
-    let Ok(mut to) = TcpStream::connect(target).await else {
+/// Forwards a connection both ways: towards the node under the proxy's
+/// mode (recorded, throttled), back at full speed (the link handshake's
+/// answers). Ends when either side ends.
+async fn pump(from: TcpStream, target: SocketAddr, state: Arc<State>) {
+    let Ok(to) = TcpStream::connect(target).await else {
         return;
     };
+    let (from_r, mut from_w) = from.into_split();
+    let (mut to_r, to_w) = to.into_split();
+    tokio::select! {
+        _ = upstream(from_r, to_w, state) => {}
+        _ = tokio::io::copy(&mut to_r, &mut from_w) => {}
+    }
+}
+
+async fn upstream(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    state: Arc<State>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     let slot = state.recording.lock().unwrap().as_mut().map(|r| {
         r.push(Vec::new());
