@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use murmur_client::network::follow;
 use murmur_client::{Body, Client, ClientOptions, ClientStats, ConsensusSource, SendHandle};
-use murmur_wire::MessageId;
+use murmur_wire::{MessageId, QueueId};
 use rand::{Rng, RngExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -129,8 +129,25 @@ fn add_stats(a: ClientStats, b: ClientStats) -> CoverSummary {
     }
 }
 
+/// What the demo's traffic must hide from an observer of its links: every
+/// queue id of both clients, every text sent, and where the mailbox APIs
+/// are (their connections must carry no plaintext). Returned to in-process
+/// callers (the capture test), never printed.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets {
+    /// Every queue both clients own (acknowledgements, loops, inboxes).
+    pub queues: Vec<QueueId>,
+    /// The text messages sent.
+    pub texts: Vec<String>,
+    /// The mailbox providers' fetch API addresses.
+    pub mailbox_apis: Vec<std::net::SocketAddr>,
+    /// Every address the network's clients and nodes connect to: the
+    /// authorities, every node's packet address, the fetch APIs.
+    pub network: Vec<std::net::SocketAddr>,
+}
+
 /// Runs the demo; returns an error if anything was lost or changed.
-pub async fn run(options: DemoOptions) -> Result<()> {
+pub async fn run(options: DemoOptions) -> Result<Secrets> {
     let started = Instant::now();
     let say = |s: &str| {
         if !options.json {
@@ -173,14 +190,32 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         )
         .await?;
         let outcome = exchange(&options, &mut devnet, &alice, &bob, &tmp, &say).await;
+        let mut secrets = Secrets::default();
+        if let Some(c) = source.current() {
+            secrets.mailbox_apis = c.mailboxes().iter().filter_map(|m| m.http_addr).collect();
+            let nodes = c.layers().iter().flatten().chain(c.mailboxes());
+            secrets.network = nodes.map(|n| n.packet_addr).collect();
+            secrets.network.extend(secrets.mailbox_apis.iter().copied());
+        }
+        secrets
+            .network
+            .extend(devnet.network().authorities.iter().map(|a| a.address));
+        for c in [&alice, &bob] {
+            secrets
+                .queues
+                .extend(c.owned_queues()?.into_iter().map(|q| q.queue));
+        }
         alice.shutdown().await;
         bob.shutdown().await;
-        outcome
+        outcome.map(|(parts, killed, texts)| {
+            secrets.texts = texts;
+            (parts, killed, secrets)
+        })
     }
     .await;
     shutdown.cancel();
     devnet.shutdown().await;
-    let (summary_parts, killed) = result?;
+    let (summary_parts, killed, secrets) = result?;
     let summary = finish(&options, summary_parts, killed, started.elapsed());
     if options.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -195,7 +230,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
             summary.corrupted
         );
     }
-    Ok(())
+    Ok(secrets)
 }
 
 struct Parts {
@@ -217,7 +252,7 @@ async fn exchange(
     bob: &Client,
     tmp: &tempfile::TempDir,
     say: &dyn Fn(&str),
-) -> Result<(Parts, Option<String>)> {
+) -> Result<(Parts, Option<String>, Vec<String>)> {
     // Contact: Alice invites, Bob accepts; Alice learns of it by his hello.
     let invitation = alice.invite(None).await?;
     let alice_name = bob.accept(&invitation, None).await?;
@@ -251,6 +286,7 @@ async fn exchange(
     let mut rng = rand::rng();
     let mut expected: HashMap<MessageId, Expected> = HashMap::new();
     let mut handles: Vec<SendHandle> = Vec::new();
+    let mut texts = Vec::new();
     for i in 0..options.messages {
         for (from, to, to_alice) in [(alice, &bob_name, false), (bob, &alice_name, true)] {
             let text = format!(
@@ -259,6 +295,7 @@ async fn exchange(
                 rng.random::<u64>()
             );
             let h = from.send_text(to, &text).await?;
+            texts.push(text.clone());
             expected.insert(
                 h.id(),
                 Expected {
@@ -403,6 +440,7 @@ async fn exchange(
             cover: add_stats(alice.stats(), bob.stats()),
         },
         killed,
+        texts,
     ))
 }
 

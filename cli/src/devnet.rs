@@ -52,6 +52,10 @@ pub struct DevnetOptions {
     pub client_loop_rate: f64,
     /// Loop packets/s per mix.
     pub mix_loop_rate: f64,
+    /// The fetch API address mailbox `i` publishes instead of the one it
+    /// binds (as `http.public_addr` in a provider's configuration: a front
+    /// end, or a test's proxy); `None` or missing: the bound address.
+    pub mailbox_api_public: Vec<Option<SocketAddr>>,
 }
 
 impl Default for DevnetOptions {
@@ -68,6 +72,7 @@ impl Default for DevnetOptions {
             client_rate: 20.0,
             client_loop_rate: 1.0,
             mix_loop_rate: 0.5,
+            mailbox_api_public: Vec::new(),
         }
     }
 }
@@ -256,6 +261,7 @@ impl Devnet {
                 .map_or((loopback0(), loopback0(), loopback0()), |l| l.mailboxes[i]);
             cfg.listen_addr = packet;
             cfg.http.listen = http;
+            cfg.http.public_addr = options.mailbox_api_public.get(i).copied().flatten();
             cfg.operator_addr = operator;
             cfg.network.epoch_secs = options.epoch_secs;
             cfg.keys.grace_secs = cfg.keys.grace_secs.min(options.epoch_secs / 2);
@@ -390,6 +396,20 @@ impl Devnet {
             .iter()
             .map(|m| m.as_ref().map(|m| m.node_id))
             .collect()
+    }
+
+    /// The running mailbox providers, in start order.
+    pub fn mailboxes(&self) -> &[murmur_mailbox::MailboxHandle] {
+        &self.mailboxes
+    }
+
+    /// The identity key of mailbox `i` (its data directory's
+    /// `identity.key`): what a test needs to speak as that provider.
+    pub fn mailbox_identity(&self, i: usize) -> Result<murmur_wire::ed25519_dalek::SigningKey> {
+        if i >= self.mailboxes.len() {
+            bail!("no mailbox {i}");
+        }
+        identity(&self.options.dir.join(format!("mailbox-{i}")))
     }
 
     /// Stops mix node `i` (as if it died): its links close, packets it held

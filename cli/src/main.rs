@@ -217,19 +217,18 @@ fn main() -> ExitCode {
                 fetch_interval_ms,
                 message_interval_ms,
                 net,
-            } => {
-                demo::run(demo::DemoOptions {
-                    messages,
-                    file_size,
-                    kill_mix,
-                    json,
-                    timeout: std::time::Duration::from_secs(timeout),
-                    fetch_interval: std::time::Duration::from_millis(fetch_interval_ms.max(1)),
-                    message_interval: std::time::Duration::from_millis(message_interval_ms),
-                    net: net.options(std::path::PathBuf::new()),
-                })
-                .await
-            }
+            } => demo::run(demo::DemoOptions {
+                messages,
+                file_size,
+                kill_mix,
+                json,
+                timeout: std::time::Duration::from_secs(timeout),
+                fetch_interval: std::time::Duration::from_millis(fetch_interval_ms.max(1)),
+                message_interval: std::time::Duration::from_millis(message_interval_ms),
+                net: net.options(std::path::PathBuf::new()),
+            })
+            .await
+            .map(|_| ()),
             other => commands::run(home, other).await,
         }
     };

@@ -313,6 +313,16 @@ impl Metrics {
         (self.batches.get(), self.batched_items.get())
     }
 
+    /// Owner fetches served so far.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.get()
+    }
+
+    /// Entries deleted by their owners so far.
+    pub fn entries_deleted(&self) -> u64 {
+        self.entries_deleted.get()
+    }
+
     /// Acknowledgements handed to the packet sink so far.
     pub fn acks_sent(&self) -> u64 {
         self.acks_sent.get()
