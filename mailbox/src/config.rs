@@ -111,7 +111,8 @@ listen = "{http_listen}"
 {http_public}
 # HTTP connections served at once; more wait in the accept queue.
 max_connections = {http_max}
-# Seconds a client has to send its request headers.
+# Seconds a client has to complete its link handshake, and then to send its
+# request headers.
 header_timeout_secs = {http_header}
 # Seconds one HTTP connection may live.
 connection_timeout_secs = {http_conn}
