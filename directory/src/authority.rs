@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::config::{AuthorityConfig, Peer};
 use crate::consensus::{self, quorum};
 use crate::error::Error;
-use crate::http::{self as h, HttpClient, HttpResponse, POSTCARD, ServerLimits};
+use crate::http::{self as h, HttpClient, HttpResponse, POSTCARD};
 use crate::metrics::{EpochLabel, Metrics, ReasonLabel, StatusLabel};
 use crate::store::{Kind, Store};
 
@@ -127,10 +127,7 @@ pub async fn start_authority_on(
 
     let stop = shutdown.child_token();
     let tracker = TaskTracker::new();
-    let limits = ServerLimits {
-        max_connections: authority.cfg.limits.max_connections,
-        ..ServerLimits::default()
-    };
+    let limits = authority.cfg.limits.server();
     let handler_auth = authority.clone();
     let handler = move |req: Request<Incoming>| {
         let a = handler_auth.clone();
@@ -140,7 +137,13 @@ pub async fn start_authority_on(
         addr: authority.cfg.listen,
         source,
     })?;
-    tracker.spawn(h::serve(listener, handler, limits, stop.clone()));
+    tracker.spawn(h::serve_with_metrics(
+        listener,
+        handler,
+        limits,
+        authority.metrics.http_server.clone(),
+        stop.clone(),
+    ));
     let loop_auth = authority.clone();
     let loop_stop = stop.clone();
     tracker.spawn(async move { loop_auth.run(loop_stop).await });

@@ -9,6 +9,7 @@ use murmur_wire::{AuthoritySet, IdentityKey, NetworkParams, PACKET_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::http::ServerLimits;
 
 /// Everything an authority is configured with. Unknown keys are refused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,6 +129,19 @@ pub struct LimitsConfig {
     /// HTTP connections served at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// HTTP connections served at once from one address (IPv4 address, or
+    /// IPv6 /64); more are closed at once.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Seconds a client has to send a request's headers.
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body once its headers are in.
+    #[serde(default = "default_body_timeout_secs")]
+    pub body_timeout_secs: u64,
+    /// Seconds one HTTP connection may live.
+    #[serde(default = "default_connection_timeout_secs")]
+    pub connection_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -135,6 +149,23 @@ impl Default for LimitsConfig {
         Self {
             max_descriptors: default_max_descriptors(),
             max_connections: default_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
+            header_timeout_secs: default_header_timeout_secs(),
+            body_timeout_secs: default_body_timeout_secs(),
+            connection_timeout_secs: default_connection_timeout_secs(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The HTTP server's limits.
+    pub fn server(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            connection_timeout: Duration::from_secs(self.connection_timeout_secs),
         }
     }
 }
@@ -180,6 +211,18 @@ fn default_max_descriptors() -> usize {
 }
 fn default_max_connections() -> usize {
     256
+}
+fn default_max_connections_per_address() -> usize {
+    ServerLimits::default().max_connections_per_address
+}
+fn default_header_timeout_secs() -> u64 {
+    10
+}
+fn default_body_timeout_secs() -> u64 {
+    10
+}
+fn default_connection_timeout_secs() -> u64 {
+    60
 }
 
 /// A peer authority as the protocol uses it.
@@ -265,9 +308,13 @@ impl AuthorityConfig {
         self.network_params()
             .check()
             .map_err(|e| bad(format!("params: {e}")))?;
-        if self.limits.max_descriptors == 0 || self.limits.max_connections == 0 {
-            return Err(bad("limits must be positive".into()));
+        if self.limits.max_descriptors == 0 {
+            return Err(bad("limits.max_descriptors must be positive".into()));
         }
+        self.limits
+            .server()
+            .check()
+            .map_err(|e| bad(format!("limits: {e}")))?;
         let mut peers = Vec::with_capacity(self.peers.len());
         for (i, p) in self.peers.iter().enumerate() {
             let key = IdentityKey::from_base58(&p.key)
@@ -349,8 +396,19 @@ keep_epochs = 24
 [limits]
 # Most node identities kept; uploads from further identities get 503.
 max_descriptors = 1000
-# HTTP connections served at once.
+# HTTP connections served at once; more wait in the kernel's accept queue.
 max_connections = 256
+# HTTP connections served at once from one address (an IPv4 address, or an
+# IPv6 /64); more are closed as soon as they are accepted, so that one host
+# cannot take every slot.
+max_connections_per_address = 16
+# Seconds a client has to send a request's headers (also how long an idle
+# kept-alive connection stays open), and then its body. A client that
+# trickles bytes (slowloris) is closed then.
+header_timeout_secs = 10
+body_timeout_secs = 10
+# Seconds one HTTP connection may live.
+connection_timeout_secs = 60
 "#
     )
 }

@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::http::HttpServerMetrics;
+
 /// Label: why a descriptor was refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
@@ -41,6 +43,7 @@ pub(crate) struct Metrics {
     pub(crate) divergent_documents: Counter,
     pub(crate) compute_failures: Counter,
     pub(crate) http_requests: Family<StatusLabel, Counter>,
+    pub(crate) http_server: HttpServerMetrics,
 }
 
 impl Metrics {
@@ -117,6 +120,7 @@ impl Metrics {
             "HTTP requests served, by status",
             self.http_requests.clone(),
         );
+        self.http_server.register(&mut r);
         r
     }
 }

@@ -103,8 +103,15 @@ listen = "{http_listen}"
 {http_public}
 # HTTP connections served at once; more wait in the accept queue.
 max_connections = {http_max}
-# Seconds a client has to send its request headers.
+# HTTP connections served at once from one address (an IPv4 address, or an
+# IPv6 /64); more are closed as soon as they are accepted, so that one host
+# cannot take every slot.
+max_connections_per_address = {http_per_address}
+# Seconds a client has to send its request headers (also how long an idle
+# kept-alive connection stays open), and then its request body. A client
+# that trickles bytes (slowloris) is closed then.
 header_timeout_secs = {http_header}
+body_timeout_secs = {http_body}
 # Seconds one HTTP connection may live.
 connection_timeout_secs = {http_conn}
 
@@ -143,7 +150,9 @@ nonce_cache_capacity = {nonces}
         http_listen = o.http_listen,
         http_public = optional("public_addr", o.http_public_addr, "203.0.113.7:7480"),
         http_max = h.max_connections,
+        http_per_address = h.max_connections_per_address,
         http_header = h.header_timeout_secs,
+        http_body = h.body_timeout_secs,
         http_conn = h.connection_timeout_secs,
         qmm = s.queue_max_messages,
         qmb = s.queue_max_bytes,
@@ -219,20 +228,27 @@ pub struct HttpConfig {
     pub public_addr: Option<SocketAddr>,
     /// Connections at once.
     pub max_connections: usize,
+    /// Connections at once from one address (IPv4 address or IPv6 /64).
+    pub max_connections_per_address: usize,
     /// Seconds to send request headers.
     pub header_timeout_secs: u64,
+    /// Seconds to send a request body once the headers are in.
+    pub body_timeout_secs: u64,
     /// Seconds a connection may live.
     pub connection_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
+        let d = ServerLimits::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
             public_addr: None,
-            max_connections: 256,
-            header_timeout_secs: 10,
-            connection_timeout_secs: 60,
+            max_connections: d.max_connections,
+            max_connections_per_address: d.max_connections_per_address,
+            header_timeout_secs: d.header_timeout.as_secs(),
+            body_timeout_secs: d.body_timeout.as_secs(),
+            connection_timeout_secs: d.connection_timeout.as_secs(),
         }
     }
 }
@@ -242,7 +258,9 @@ impl HttpConfig {
     pub fn limits(&self) -> ServerLimits {
         ServerLimits {
             max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
             header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
             connection_timeout: Duration::from_secs(self.connection_timeout_secs),
         }
     }
@@ -401,8 +419,8 @@ impl Config {
                 "api.max_queues and api.nonce_cache_capacity must be at least 1",
             ),
             (
-                self.http.max_connections == 0,
-                "http.max_connections must be at least 1",
+                self.http.max_connections == 0 || self.http.max_connections_per_address == 0,
+                "http.max_connections and http.max_connections_per_address must be at least 1",
             ),
         ];
         for (bad, msg) in checks {
@@ -410,6 +428,10 @@ impl Config {
                 return Err(Error::ConfigValue(msg.to_owned()));
             }
         }
+        self.http
+            .limits()
+            .check()
+            .map_err(|e| Error::ConfigValue(format!("http: {e}")))?;
         self.keys
             .check(self.network.epoch_secs)
             .map_err(node_config)?;

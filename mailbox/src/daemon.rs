@@ -24,7 +24,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use http::StatusCode;
 use murmur_directory::clock::Clock;
-use murmur_directory::http::spawn_server;
+use murmur_directory::http::spawn_server_with_metrics;
 use murmur_directory::{DirectoryClient, spawn_follower};
 use murmur_mixnode::engine::{Engine, EngineConfig, EngineHandle, EngineStats, Outbound, Topology};
 use murmur_mixnode::keys::{KeyManager, spawn_rotation};
@@ -362,10 +362,11 @@ async fn start_inner(
         )
         .with_health(health),
     );
-    let (http_addr, http_task) = match spawn_server(
+    let (http_addr, http_task) = match spawn_server_with_metrics(
         config.http.listen,
         move |req| api.clone().handle(req),
         config.http.limits(),
+        metrics.http_server().clone(),
         shutdown.clone(),
     )
     .await

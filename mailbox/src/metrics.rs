@@ -6,6 +6,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
+use murmur_directory::http::HttpServerMetrics;
 use murmur_wire::mailbox::QueueItem;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -109,6 +110,7 @@ pub struct Metrics {
     pub(crate) reaped: Counter,
     pub(crate) queues: Gauge<u64, AtomicU64>,
     api_errors: Counters,
+    http: HttpServerMetrics,
 }
 
 fn per_outcome(family: &Counters) -> [Counter; 6] {
@@ -167,6 +169,7 @@ impl Metrics {
             reaped: Counter::default(),
             queues: Gauge::default(),
             api_errors,
+            http: HttpServerMetrics::default(),
             registry,
             node: OnceLock::new(),
         };
@@ -232,7 +235,14 @@ impl Metrics {
             self.reaped.clone(),
         );
         r.register("queues", "Queues that exist", self.queues.clone());
+        self.http.register(r);
         self
+    }
+
+    /// The fetch API listener's counters (connections, per-address
+    /// refusals, timeouts), registered with the provider's own.
+    pub fn http_server(&self) -> &HttpServerMetrics {
+        &self.http
     }
 
     /// The registry of the provider's own metrics.
