@@ -181,6 +181,19 @@ impl Devnet {
                 })
             })
             .collect::<Result<_>>()?;
+        // The nodes' identity keys, so that every authority admits them
+        // (its allow-list: `admission.nodes`).
+        let mix_keys = (0..options.width * 3)
+            .map(|i| identity(&options.dir.join(format!("mix-{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let mailbox_keys = (0..options.mailboxes)
+            .map(|i| identity(&options.dir.join(format!("mailbox-{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let admitted: Vec<String> = mix_keys
+            .iter()
+            .chain(&mailbox_keys)
+            .map(|k| IdentityKey::from(&k.verifying_key()).to_base58())
+            .collect();
         let mut authorities = Vec::new();
         let mut authority_tokens = Vec::new();
         for (i, (listener, key)) in listeners.into_iter().zip(keys).enumerate() {
@@ -201,6 +214,7 @@ impl Devnet {
             cfg.params.client_rate = options.client_rate;
             cfg.params.client_loop_rate = options.client_loop_rate;
             cfg.params.mix_loop_rate = options.mix_loop_rate;
+            cfg.admission.nodes = admitted.clone();
             let token = shutdown.child_token();
             let handle = start_authority_on(listener, cfg, key, clock.clone(), token.clone())
                 .await
@@ -219,9 +233,8 @@ impl Devnet {
         // Mix nodes.
         let mut mixes = Vec::new();
         let mut mix_tokens = Vec::new();
-        for i in 0..options.width * 3 {
+        for (i, key) in mix_keys.into_iter().enumerate() {
             let dir = options.dir.join(format!("mix-{i}"));
-            let key = identity(&dir)?;
             let mut cfg = murmur_mixnode::MixNodeConfig::new(&dir);
             let (packet, http) = old
                 .as_ref()
@@ -244,9 +257,8 @@ impl Devnet {
 
         // Mailbox providers.
         let mut mailboxes = Vec::new();
-        for i in 0..options.mailboxes {
+        for (i, key) in mailbox_keys.into_iter().enumerate() {
             let dir = options.dir.join(format!("mailbox-{i}"));
-            let key = identity(&dir)?;
             let mut cfg = murmur_mailbox::Config {
                 data_dir: dir.clone(),
                 ..Default::default()

@@ -42,6 +42,87 @@ pub struct AuthorityConfig {
     /// Resource limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Which nodes may be listed, and the reachability probe.
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+}
+
+/// How an authority decides which node descriptors it keeps and votes for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdmissionMode {
+    /// Only node identity keys the operator admitted (the signed list file
+    /// and `admission.nodes`).
+    #[default]
+    Allowlist,
+    /// Any node, within per-address and per-subnet limits.
+    Open,
+}
+
+/// The `[admission]` table: who may register, and the reachability probe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Allow-list (default) or open.
+    pub mode: AdmissionMode,
+    /// The signed list `murmur-directory admit`/`revoke` write (relative to
+    /// the configuration file's directory).
+    pub list_file: PathBuf,
+    /// Node identity keys (base58) admitted besides those in the list file.
+    pub nodes: Vec<String>,
+    /// Open mode: live node identities per packet-address host (an IPv4
+    /// address, or an IPv6 /64).
+    pub max_per_address: usize,
+    /// Open mode: live node identities per subnet (IPv4 /24, IPv6 /48).
+    pub max_per_subnet: usize,
+    /// Open mode: accept packet addresses that are not globally routable
+    /// (loopback, private, link-local). Off by default, so that a stranger
+    /// cannot point the probe into the authority's own network.
+    pub allow_private_addresses: bool,
+    /// Probe a node's packet address before voting for it.
+    pub probe: bool,
+    /// How long a probe may take, ms.
+    pub probe_timeout_ms: u64,
+    /// A reachable node is probed again after this long, seconds.
+    pub reprobe_secs: u64,
+    /// An unreachable (or never reached) node is probed again after this
+    /// long, seconds.
+    pub probe_retry_secs: u64,
+    /// Probes running at once.
+    pub max_concurrent_probes: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            mode: AdmissionMode::Allowlist,
+            list_file: PathBuf::from("admitted-nodes.list"),
+            nodes: Vec::new(),
+            max_per_address: 2,
+            max_per_subnet: 8,
+            allow_private_addresses: false,
+            probe: true,
+            probe_timeout_ms: 3000,
+            reprobe_secs: 600,
+            probe_retry_secs: 30,
+            max_concurrent_probes: 32,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// The keys of `nodes`, parsed.
+    pub fn node_keys(&self) -> Result<Vec<IdentityKey>, Error> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                IdentityKey::from_base58(k).map_err(|e| Error::Config {
+                    reason: format!("admission.nodes[{i}]: {e}"),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Another authority.
@@ -245,6 +326,7 @@ impl AuthorityConfig {
             params: ParamsConfig::default(),
             timing: TimingConfig::default(),
             limits: LimitsConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 
@@ -271,6 +353,9 @@ impl AuthorityConfig {
         }
         if cfg.key_file.is_relative() {
             cfg.key_file = base.join(&cfg.key_file);
+        }
+        if cfg.admission.list_file.is_relative() {
+            cfg.admission.list_file = base.join(&cfg.admission.list_file);
         }
         Ok(cfg)
     }
@@ -315,6 +400,26 @@ impl AuthorityConfig {
             .server()
             .check()
             .map_err(|e| bad(format!("limits: {e}")))?;
+        let a = &self.admission;
+        self.admission.node_keys()?;
+        if a.max_per_address == 0 || a.max_per_subnet == 0 || a.max_concurrent_probes == 0 {
+            return Err(bad(
+                "admission.max_per_address, max_per_subnet and max_concurrent_probes must be positive"
+                    .into(),
+            ));
+        }
+        if a.probe_timeout_ms == 0
+            || a.probe_timeout_ms > 60_000
+            || a.reprobe_secs == 0
+            || a.probe_retry_secs == 0
+            || a.reprobe_secs > 7 * 24 * 3600
+            || a.probe_retry_secs > 7 * 24 * 3600
+        {
+            return Err(bad(
+                "admission: probe_timeout_ms must be in 1..=60000, reprobe_secs and probe_retry_secs in 1 s..=a week"
+                    .into(),
+            ));
+        }
         let mut peers = Vec::with_capacity(self.peers.len());
         for (i, p) in self.peers.iter().enumerate() {
             let key = IdentityKey::from_base58(&p.key)
@@ -409,6 +514,36 @@ header_timeout_secs = 10
 body_timeout_secs = 10
 # Seconds one HTTP connection may live.
 connection_timeout_secs = 60
+
+# Which nodes this authority lists (docs/directory.md, "Admitting nodes").
+[admission]
+# "allowlist": only node identity keys this authority's operator admitted
+# with `murmur-directory admit --config FILE KEY` (and `revoke`), which
+# writes list_file signed with the authority key (a file edited by hand is
+# refused), or listed in `nodes` below.
+# "open": any node, within max_per_address and max_per_subnet.
+mode = "allowlist"
+list_file = "admitted-nodes.list"
+# Node identity keys (base58, as `murmur-mixnode init` prints them) admitted
+# here as well as in list_file.
+nodes = []
+# Open mode: live node identities per packet-address host (an IPv4 address,
+# or an IPv6 /64), and per subnet (IPv4 /24, IPv6 /48). More are refused.
+max_per_address = 2
+max_per_subnet = 8
+# Open mode: accept packet addresses that are not globally routable
+# (loopback, private, link-local). Off, a stranger cannot point the probe
+# into this authority's own network.
+allow_private_addresses = false
+# Before voting for a node, connect to its packet address (TCP): a node
+# that cannot be reached is kept but not listed. Timeout of one probe, ms;
+# a reachable node is probed again after reprobe_secs, an unreachable one
+# after probe_retry_secs; at most max_concurrent_probes at once.
+probe = true
+probe_timeout_ms = 3000
+reprobe_secs = 600
+probe_retry_secs = 30
+max_concurrent_probes = 32
 "#
     )
 }

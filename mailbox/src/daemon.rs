@@ -571,8 +571,10 @@ fn private_dir(dir: &Path) -> Result<()> {
 
 /// Writes `DIR/mailbox.toml` (the commented example configuration with
 /// `options`) and a new identity key `DIR/identity.key` (0600). Refuses to
-/// overwrite either. Returns the configuration's path and the node id.
-pub fn init_dir(dir: &Path, options: &ExampleOptions) -> Result<(PathBuf, NodeId)> {
+/// overwrite either. Returns the configuration's path and the identity
+/// (public) key, which directory operators admit and whose node id names
+/// the provider.
+pub fn init_dir(dir: &Path, options: &ExampleOptions) -> Result<(PathBuf, IdentityKey)> {
     let config_path = dir.join("mailbox.toml");
     let text = example_config(options);
     // Never write what `run` would refuse.
@@ -599,10 +601,7 @@ pub fn init_dir(dir: &Path, options: &ExampleOptions) -> Result<(PathBuf, NodeId
         true,
     )?;
     write_new(&config_path, text.as_bytes(), false)?;
-    Ok((
-        config_path,
-        IdentityKey::from(&key.verifying_key()).node_id(),
-    ))
+    Ok((config_path, IdentityKey::from(&key.verifying_key())))
 }
 
 fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<()> {

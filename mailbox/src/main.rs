@@ -98,10 +98,14 @@ fn main() -> anyhow::Result<()> {
                 authorities,
                 threshold,
             };
-            let (config, node_id) = init_dir(&dir, &options)
+            let (config, identity) = init_dir(&dir, &options)
                 .with_context(|| format!("initialising {}", dir.display()))?;
             println!("wrote {} and a new identity key", config.display());
-            println!("node id: {node_id}");
+            println!("identity key: {identity}");
+            println!("node id: {}", identity.node_id());
+            println!(
+                "directory operators list the provider once admitted: murmur-directory admit --config FILE {identity}"
+            );
             if no_authorities {
                 println!("add the directory authorities to [directory] before `run`");
             }

@@ -161,6 +161,9 @@ fn init(
     println!("wrote {}", config_path.display());
     println!("identity key {identity}");
     println!("node id      {}", identity.node_id());
+    println!(
+        "directory operators list the node once admitted: murmur-directory admit --config FILE {identity}"
+    );
     if pins.is_empty() {
         println!("add the directory authorities to [directory] before `run`");
     }

@@ -346,6 +346,17 @@ pub struct Net {
     pub network: NetworkConfig,
 }
 
+/// The identity key `murmur-mixnode init` / `murmur-mailbox init` printed.
+fn identity_from(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("identity key"))
+        .unwrap_or_else(|| panic!("no identity key in {stdout:?}"));
+    let key = line.trim_start_matches(':').trim();
+    IdentityKey::from_base58(key).unwrap();
+    key.to_owned()
+}
+
 fn node_id_from(stdout: &str) -> NodeId {
     let line = stdout
         .lines()
@@ -486,6 +497,7 @@ impl Net {
         };
 
         let mix_bin = daemon_bin("murmur-mixnode");
+        let mut node_keys = Vec::new();
         let mut mixes = Vec::new();
         for i in 0..3 * o.width {
             let name = format!("mix-{i}");
@@ -506,7 +518,9 @@ impl Net {
                 o.threshold.to_string(),
             ];
             args.extend(pins.iter().cloned());
-            let id = node_id_from(&run_tool(&mix_bin, &args));
+            let out = run_tool(&mix_bin, &args);
+            node_keys.push(identity_from(&out));
+            let id = node_id_from(&out);
             let config = d.join("mixnode.toml");
             common(&config, &name);
             mixes.push(Node {
@@ -544,7 +558,9 @@ impl Net {
                 o.threshold.to_string(),
             ];
             args.extend(pins.iter().cloned());
-            let id = node_id_from(&run_tool(&box_bin, &args));
+            let out = run_tool(&box_bin, &args);
+            node_keys.push(identity_from(&out));
+            let id = node_id_from(&out);
             let config = d.join("mailbox.toml");
             common(&config, &name);
             mailboxes.push(Node {
@@ -559,6 +575,16 @@ impl Net {
                 http_addr: http,
                 id,
             });
+        }
+        // Each authority's operator admits the network's nodes.
+        for a in &authorities {
+            let mut args: Vec<String> = vec![
+                "admit".into(),
+                "--config".into(),
+                a.daemon.config.display().to_string(),
+            ];
+            args.extend(node_keys.iter().cloned());
+            run_tool(&dir_bin, &args);
         }
         (authorities, mixes, mailboxes)
     }
