@@ -30,7 +30,8 @@ pub struct AuthorityConfig {
     /// The other authorities.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
-    /// How many of the n = peers + 1 authorities must sign a document.
+    /// How many of the n = peers + 1 authorities must sign a document; 0
+    /// (the default) means a majority, ⌊n/2⌋ + 1.
     #[serde(default = "default_threshold")]
     pub threshold: usize,
     /// The network parameters this authority votes for.
@@ -261,7 +262,7 @@ fn default_epoch_secs() -> u64 {
     3600
 }
 fn default_threshold() -> usize {
-    1
+    0
 }
 fn default_mean_delay_ms() -> u64 {
     50
@@ -433,8 +434,13 @@ impl AuthorityConfig {
         }
         let mut keys = vec![me];
         keys.extend(peers.iter().map(|p| p.key));
-        let set = AuthoritySet::new(keys, self.threshold)
-            .map_err(|e| bad(format!("peers/threshold: {e}")))?;
+        let threshold = if self.threshold == 0 {
+            keys.len() / 2 + 1
+        } else {
+            self.threshold
+        };
+        let set =
+            AuthoritySet::new(keys, threshold).map_err(|e| bad(format!("peers/threshold: {e}")))?;
         Ok((peers, set))
     }
 }
@@ -460,9 +466,10 @@ key_file = "{key_file}"
 epoch_secs = 3600
 
 # How many of the n authorities (the peers below plus this one) must sign a
-# document before anyone accepts it. Use a majority (n/2 + 1): with fewer,
-# two different documents could both gather enough signatures.
-threshold = 1
+# document before this authority publishes it. 0 = a majority (n/2 + 1,
+# rounded down), which is what to use: with fewer, two different documents
+# could both gather enough signatures.
+threshold = 0
 
 # The other authorities: their HTTP address and base58 public key (printed
 # by their `init`). Repeat the block for each. Leave none for a single
@@ -589,6 +596,19 @@ mod tests {
         let mut cfg = AuthorityConfig::new("d");
         cfg.threshold = 2;
         assert!(cfg.validate(me).is_err());
+        // The default, 0: a majority of the n authorities.
+        cfg.threshold = 0;
+        assert_eq!(cfg.validate(me).unwrap().1.threshold(), 1);
+        let peer = |seed: u8| PeerConfig {
+            addr: default_listen(),
+            key: IdentityKey::from(
+                &murmur_wire::ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key(),
+            )
+            .to_base58(),
+        };
+        cfg.peers = vec![peer(4), peer(5)];
+        assert_eq!(cfg.validate(me).unwrap().1.threshold(), 2);
+        cfg.peers.clear();
         cfg.threshold = 1;
         cfg.peers.push(PeerConfig {
             addr: default_listen(),

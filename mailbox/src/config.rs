@@ -531,7 +531,7 @@ mod tests {
             http_listen: "0.0.0.0:7480".parse().unwrap(),
             http_public_addr: Some("192.0.2.1:7480".parse().unwrap()),
             authorities: vec![pin()],
-            threshold: 1,
+            threshold: 0,
         };
         let text = example_config(&options);
         let parsed = Config::parse(&text, Path::new("example.toml")).unwrap();

@@ -87,7 +87,8 @@ pub struct AuthorityPin {
 pub struct DirectorySettings {
     /// The pinned authorities.
     pub authorities: Vec<AuthorityPin>,
-    /// How many of them must sign a consensus.
+    /// How many of them must sign a consensus; 0 (the default) means a
+    /// majority of them, ⌊n/2⌋ + 1 ([`DirectorySettings::effective_threshold`]).
     pub threshold: usize,
     /// Timeout of one request to an authority, ms.
     pub request_timeout_ms: u64,
@@ -97,13 +98,24 @@ impl Default for DirectorySettings {
     fn default() -> Self {
         Self {
             authorities: Vec::new(),
-            threshold: 1,
+            threshold: 0,
             request_timeout_ms: 5_000,
         }
     }
 }
 
 impl DirectorySettings {
+    /// The threshold in force: `threshold`, or when it is 0 a majority of
+    /// the pinned authorities (⌊n/2⌋ + 1), so that no single authority (nor
+    /// any minority) can make the node accept a document.
+    pub fn effective_threshold(&self) -> usize {
+        if self.threshold == 0 {
+            self.authorities.len() / 2 + 1
+        } else {
+            self.threshold
+        }
+    }
+
     /// The pinned authorities with their keys parsed.
     pub fn pins(&self) -> Result<Vec<(SocketAddr, IdentityKey)>> {
         self.authorities
@@ -132,7 +144,7 @@ impl DirectorySettings {
         }
         DirectoryClient::new(
             endpoints,
-            self.threshold,
+            self.effective_threshold(),
             HttpClient::new(Duration::from_millis(self.request_timeout_ms)),
         )
         .map_err(|source| Error::Directory {
@@ -145,11 +157,18 @@ impl DirectorySettings {
     /// registers needs at least one authority).
     pub fn check(&self) -> Result<()> {
         let pins = self.pins()?;
-        if !pins.is_empty() && (self.threshold == 0 || self.threshold > pins.len()) {
+        if self.threshold > pins.len() {
             return Err(Error::Config(format!(
-                "directory.threshold must be in 1..={}",
+                "directory.threshold must be in 0..={} (0: a majority of the authorities)",
                 pins.len()
             )));
+        }
+        if !pins.is_empty() && self.effective_threshold() <= pins.len() / 2 {
+            tracing::warn!(
+                threshold = self.threshold,
+                authorities = pins.len(),
+                "directory.threshold is not a majority of the pinned authorities: a minority of them could make this node accept a document"
+            );
         }
         if self.request_timeout_ms == 0 {
             return Err(Error::Config(
@@ -341,7 +360,9 @@ pub fn node_sections_example(x: &NodeSectionsExample<'_>) -> String {
 epoch_secs = {epoch_secs}
 
 [directory]
-# How many of the authorities below must sign a consensus.
+# How many of the authorities below must sign a consensus. 0 = a majority of
+# them (n/2 + 1, rounded down), which is what to use: with fewer, a minority
+# of the authorities could make this {who} accept a document.
 threshold = {threshold}
 # Timeout of one request to an authority, ms.
 request_timeout_ms = {req_ms}
@@ -450,7 +471,7 @@ mod tests {
             None,
             default_http_addr(),
             &[],
-            1,
+            0,
         );
         let cfg = MixNodeConfig::parse(&text, Path::new("x.toml")).unwrap();
         assert_eq!(cfg, MixNodeConfig::new("data"));
@@ -498,6 +519,22 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn the_default_threshold_is_a_majority_of_the_pins() {
+        let mut d = DirectorySettings::default();
+        assert_eq!(d.threshold, 0);
+        for (n, k) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)] {
+            d.authorities = vec![pin(); n];
+            assert_eq!(d.effective_threshold(), k, "n = {n}");
+            d.check().unwrap();
+        }
+        d.threshold = 1;
+        assert_eq!(d.effective_threshold(), 1);
+        d.check().unwrap();
+        d.threshold = 6;
+        assert!(d.check().is_err());
     }
 
     #[test]
