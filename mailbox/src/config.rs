@@ -126,6 +126,12 @@ queue_max_bytes = {qmb}
 # Seconds an entry is kept, fetched or not; the reaper then deletes it, and
 # with it the record that recognises a retransmission of it.
 retention_secs = {retention}
+# Seconds a queue may go unused by its owner (no creation, fetch,
+# acknowledgement or deletion request) before the reaper deletes it with
+# everything in it. Keeps abandoned and mass-created queues from holding
+# the api.max_queues slots for good. Longer than retention_secs: a client
+# offline this long loses the queue and must make a new one.
+queue_idle_secs = {queue_idle}
 # Seconds between reaper passes.
 reap_interval_secs = {reap_interval}
 # Expired entries deleted per reaper transaction at most.
@@ -139,9 +145,20 @@ max_batch = {max_batch}
 [api]
 # Queues this provider holds at most; creation beyond is refused with 503.
 max_queues = {max_queues}
-# Request nonces remembered at most to refuse replays; when full of live
-# nonces, requests are refused with 503 until some expire.
+# Signed requests remembered to refuse replays, in all and per queue (or
+# creating key), each for the 120 s freshness window. A queue that sends
+# more than its share forgets its own oldest requests and has requests
+# signed that early refused (429 throttled); when the cache is full, the
+# queue holding the most pays. One owner's flood cannot refuse others.
 nonce_cache_capacity = {nonces}
+nonces_per_queue = {nonces_per_queue}
+# Queue creation budgets (token buckets): per client address (an IPv4
+# address, or an IPv6 /64) a burst, then so many per hour (more: 429); and
+# for the whole provider (more: 503).
+create_burst_per_address = {cbpa}
+create_per_address_per_hour = {cpaph}
+create_burst = {cb}
+create_per_hour = {cph}
 "#,
         data_dir = d.data_dir.display(),
         key_file = d.identity_key_file.display(),
@@ -157,12 +174,18 @@ nonce_cache_capacity = {nonces}
         qmm = s.queue_max_messages,
         qmb = s.queue_max_bytes,
         retention = s.retention_secs,
+        queue_idle = s.queue_idle_secs,
         reap_interval = s.reap_interval_secs,
         reap_batch = s.reap_batch,
         wqc = s.write_queue_capacity,
         max_batch = s.max_batch,
         max_queues = d.api.max_queues,
         nonces = d.api.nonce_cache_capacity,
+        nonces_per_queue = d.api.nonces_per_queue,
+        cbpa = d.api.create_burst_per_address,
+        cpaph = d.api.create_per_address_per_hour,
+        cb = d.api.create_burst,
+        cph = d.api.create_per_hour,
     )
 }
 
@@ -276,6 +299,9 @@ pub struct StorageConfig {
     pub queue_max_bytes: u64,
     /// Seconds entries are kept.
     pub retention_secs: u64,
+    /// A queue its owner has not used (created, fetched, acknowledged) for
+    /// this many seconds is deleted with its entries.
+    pub queue_idle_secs: u64,
     /// Seconds between reaper passes.
     pub reap_interval_secs: u64,
     /// Expiry records per reaper transaction.
@@ -294,6 +320,7 @@ impl Default for StorageConfig {
             queue_max_messages: quota.max_messages,
             queue_max_bytes: quota.max_bytes,
             retention_secs: 14 * 24 * 3600,
+            queue_idle_secs: 60 * 24 * 3600,
             reap_interval_secs: 60,
             reap_batch: 10_000,
             write_queue_capacity: writer.queue_capacity,
@@ -326,8 +353,18 @@ impl StorageConfig {
 pub struct ApiSection {
     /// Queues at most.
     pub max_queues: u64,
-    /// Nonces remembered at most.
+    /// Requests remembered at most (replay cache), in all.
     pub nonce_cache_capacity: usize,
+    /// Requests remembered per queue (or creating key) at most.
+    pub nonces_per_queue: usize,
+    /// Queues one client address may create at once.
+    pub create_burst_per_address: u32,
+    /// Queues one client address may create per hour after its burst.
+    pub create_per_address_per_hour: u32,
+    /// Queues the provider creates at once, from all addresses.
+    pub create_burst: u32,
+    /// Queues the provider creates per hour after that burst.
+    pub create_per_hour: u32,
 }
 
 impl Default for ApiSection {
@@ -336,6 +373,11 @@ impl Default for ApiSection {
         Self {
             max_queues: api.max_queues,
             nonce_cache_capacity: api.nonce_cache_capacity,
+            nonces_per_queue: api.nonces_per_queue,
+            create_burst_per_address: api.create_burst_per_address,
+            create_per_address_per_hour: api.create_per_address_per_hour,
+            create_burst: api.create_burst,
+            create_per_hour: api.create_per_hour,
         }
     }
 }
@@ -346,6 +388,11 @@ impl ApiSection {
         ApiConfig {
             max_queues: self.max_queues,
             nonce_cache_capacity: self.nonce_cache_capacity,
+            nonces_per_queue: self.nonces_per_queue,
+            create_burst_per_address: self.create_burst_per_address,
+            create_per_address_per_hour: self.create_per_address_per_hour,
+            create_burst: self.create_burst,
+            create_per_hour: self.create_per_hour,
         }
     }
 }
@@ -392,7 +439,8 @@ impl Config {
     /// Refuses values the provider cannot run with.
     pub fn validate(&self) -> Result<()> {
         let s = &self.storage;
-        let checks: [(bool, &str); 8] = [
+        let a = &self.api;
+        let checks: [(bool, &str); 11] = [
             (
                 s.queue_max_messages == 0,
                 "storage.queue_max_messages must be at least 1",
@@ -415,8 +463,20 @@ impl Config {
                 "storage.write_queue_capacity and storage.max_batch must be at least 1",
             ),
             (
-                self.api.max_queues == 0 || self.api.nonce_cache_capacity == 0,
-                "api.max_queues and api.nonce_cache_capacity must be at least 1",
+                a.max_queues == 0 || a.nonce_cache_capacity == 0 || a.nonces_per_queue == 0,
+                "api.max_queues, api.nonce_cache_capacity and api.nonces_per_queue must be at least 1",
+            ),
+            (
+                a.nonces_per_queue > a.nonce_cache_capacity,
+                "api.nonces_per_queue must be at most api.nonce_cache_capacity",
+            ),
+            (
+                a.create_burst_per_address == 0 || a.create_burst == 0,
+                "api.create_burst_per_address and api.create_burst must be at least 1",
+            ),
+            (
+                s.queue_idle_secs <= s.retention_secs,
+                "storage.queue_idle_secs must be longer than storage.retention_secs",
             ),
             (
                 self.http.max_connections == 0 || self.http.max_connections_per_address == 0,

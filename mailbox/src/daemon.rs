@@ -362,6 +362,7 @@ async fn start_inner(
         )
         .with_health(health),
     );
+    let queue_usage = api.queue_usage();
     let (http_addr, http_task) = match spawn_server_with_metrics(
         config.http.listen,
         move |req| api.clone().handle(req),
@@ -391,7 +392,9 @@ async fn start_inner(
             retention: Duration::from_secs(config.storage.retention_secs),
             interval: Duration::from_secs(config.storage.reap_interval_secs),
             batch: config.storage.reap_batch,
+            queue_idle: Duration::from_secs(config.storage.queue_idle_secs),
         },
+        queue_usage,
         metrics.clone(),
         shutdown.clone(),
     ));

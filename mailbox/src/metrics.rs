@@ -70,18 +70,24 @@ impl Kind {
 }
 
 /// Reasons the fetch API refuses a request, as metric labels.
-pub(crate) const API_ERRORS: [&str; 10] = [
+pub(crate) const API_ERRORS: [&str; 12] = [
     "malformed",
     "bad_signature",
     "stale",
     "replayed",
     "unknown_queue",
     "too_large",
+    "throttled",
+    "rate_limited",
     "queue_cap",
     "busy",
     "not_found",
     "internal",
 ];
+
+/// Why the replay cache forgot a request, as metric labels (see
+/// `nonce.rs`).
+const EVICTIONS: [&str; 3] = ["scope_full", "cache_full", "global"];
 
 /// Every metric of a provider, registered in one [`Registry`].
 #[derive(Debug)]
@@ -110,6 +116,9 @@ pub struct Metrics {
     pub(crate) reaped: Counter,
     pub(crate) queues: Gauge<u64, AtomicU64>,
     api_errors: Counters,
+    nonce_evictions: [Counter; 3],
+    pub(crate) nonces: Gauge,
+    pub(crate) queues_expired: Counter,
     http: HttpServerMetrics,
 }
 
@@ -149,7 +158,16 @@ impl Metrics {
             // Create each series up front so that it shows at zero.
             drop(api_errors.get_or_create(&[("reason", reason)]));
         }
+        let evictions = Counters::default();
+        registry.register(
+            "nonce_evictions",
+            "Requests the replay cache forgot to make room, by reason (scope_full: the queue's own window; cache_full: the largest queue paid; global: no queue held more than one)",
+            evictions.clone(),
+        );
         let m = Self {
+            nonce_evictions: EVICTIONS.map(|r| evictions.get_or_create_owned(&[("reason", r)])),
+            nonces: Gauge::default(),
+            queues_expired: Counter::default(),
             deposits: per_outcome(&deposits),
             loops: per_outcome(&loops),
             replies: per_outcome(&replies),
@@ -235,8 +253,34 @@ impl Metrics {
             self.reaped.clone(),
         );
         r.register("queues", "Queues that exist", self.queues.clone());
+        r.register(
+            "queues_expired",
+            "Queues deleted by the reaper because their owner had not used them for storage.queue_idle_secs",
+            self.queues_expired.clone(),
+        );
+        r.register(
+            "nonces",
+            "Requests the replay cache holds (and queues kept only for their floor)",
+            self.nonces.clone(),
+        );
         self.http.register(r);
         self
+    }
+
+    pub(crate) fn nonce_evicted(&self, why: crate::nonce::Eviction) {
+        use crate::nonce::Eviction;
+        let i = match why {
+            Eviction::ScopeFull => 0,
+            Eviction::CacheFull => 1,
+            Eviction::Global => 2,
+        };
+        self.nonce_evictions[i].inc();
+    }
+
+    /// Requests the replay cache forgot to make room, by reason:
+    /// (own window full, largest queue paid, global floor).
+    pub fn nonce_evictions(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.nonce_evictions[i].get())
     }
 
     /// The fetch API listener's counters (connections, per-address
@@ -294,6 +338,18 @@ impl Metrics {
             .iter()
             .position(|o| *o == outcome)
             .map_or(0, |i| self.deposits[i].get())
+    }
+
+    /// Fetch API refusals with the given reason label so far.
+    pub fn api_errors(&self, reason: &str) -> u64 {
+        API_ERRORS.iter().find(|r| **r == reason).map_or(0, |r| {
+            self.api_errors.get_or_create(&[("reason", *r)]).get()
+        })
+    }
+
+    /// Queues deleted by the reaper because nobody used them.
+    pub fn queues_expired(&self) -> u64 {
+        self.queues_expired.get()
     }
 
     /// Group-commit transactions so far, and the items they held.
