@@ -273,6 +273,12 @@ impl Devnet {
             cfg.directory.authorities = pins.clone();
             cfg.directory.threshold = options.threshold;
             cfg.replay.expected_packet_rate = 200.0;
+            // Every devnet client is on 127.0.0.1: one address's creation
+            // budget would be everyone's.
+            cfg.api.create_burst_per_address = 100_000;
+            cfg.api.create_per_address_per_hour = 1_000_000;
+            cfg.api.create_burst = 100_000;
+            cfg.api.create_per_hour = 1_000_000;
             let handle =
                 murmur_mailbox::start_mailbox(cfg, key, clock.clone(), shutdown.child_token())
                     .await

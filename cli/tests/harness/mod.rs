@@ -563,6 +563,8 @@ impl Net {
             let id = node_id_from(&out);
             let config = d.join("mailbox.toml");
             common(&config, &name);
+            // Every test client is on 127.0.0.1.
+            edit_toml(&config, &[("api.create_burst_per_address", int(1000))]);
             mailboxes.push(Node {
                 daemon: Daemon::new(
                     &name,
