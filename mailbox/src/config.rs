@@ -644,7 +644,7 @@ mod tests {
         let engine = value["engine"].as_table().unwrap();
         assert_eq!(engine.len(), 14);
         let replay = value["replay"].as_table().unwrap();
-        assert_eq!(replay.len(), 4);
+        assert_eq!(replay.len(), 6);
     }
 
     #[test]

@@ -410,12 +410,23 @@ reconnect_min_ms = {rmin}
 reconnect_max_ms = {rmax}
 
 [replay]
-# Packets per second this {who} expects; sizes the replay filter together
-# with the key lifetime (epoch + grace). Memory: about 3.6 bytes per tag at
-# 1e-6, per key epoch held (one or two).
+# Packets per second this {who} expects; sizes one replay filter segment
+# together with the key lifetime (epoch + grace). Memory: about 3.6 bytes
+# per tag at 1e-6. A full segment is followed by a new one, so a flood does
+# not saturate the filter (docs/mixnode.md, "Replay filter").
 expected_packet_rate = {rate:?}
-# Chance that a fresh packet is taken for a replay at the expected load.
+# Chance that a fresh packet is taken for a replay, per full segment.
 false_positive_rate = {fp:e}
+# The most packets per second this {who} can process: the chain of segments
+# may grow to hold that many for a whole key lifetime, so that no flood can
+# fill it within an epoch. 0 = measured at start (one worker's unwrap rate
+# times the cores the workers can use).
+max_packet_rate = {max_rate:?}
+# The most memory one key epoch's filters may take, MiB (one or two epochs
+# are held). If the capacity needs more, a flood at full capacity can
+# saturate the filter before the key rotates: counted
+# (replay_saturated_tags_total) and alarmed (replay_filter_saturated).
+max_memory_mib = {max_mib}
 # New replay tags are fsynced this often, ms: a crash loses at most this
 # much of the cache (those packets could be replayed once after a restart;
 # at a provider a replayed deposit is recognised and not stored twice).
@@ -446,6 +457,8 @@ snapshot_interval_secs = {snap}
         rmax = e.reconnect_max_ms,
         rate = r.expected_packet_rate,
         fp = r.false_positive_rate,
+        max_rate = r.max_packet_rate,
+        max_mib = r.max_memory_mib,
         fsync = r.fsync_interval_ms,
         snap = r.snapshot_interval_secs,
     )

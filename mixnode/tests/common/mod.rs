@@ -205,6 +205,18 @@ pub fn start_node_with_ring(
     topology: Arc<dyn Topology>,
     limits: EngineLimits,
 ) -> TestNode {
+    start_node_with_replay(n, key, ring, dir, topology, limits, replay_settings())
+}
+
+pub fn start_node_with_replay(
+    n: u8,
+    key: SphinxSecretKey,
+    ring: KeyRingHandle,
+    dir: &Path,
+    topology: Arc<dyn Topology>,
+    limits: EngineLimits,
+    replay: ReplaySettings,
+) -> TestNode {
     let identity = identity(n);
     let id = ident(&identity).node_id();
     let recorder = Arc::new(Recorder::default());
@@ -216,7 +228,7 @@ pub fn start_node_with_ring(
             replay_dir: dir.join("replay"),
             key_lifetime: Duration::from_secs(L + 600),
             limits,
-            replay: replay_settings(),
+            replay,
         },
         ring.clone(),
         topology,
@@ -245,6 +257,17 @@ pub async fn connect(addr: SocketAddr) -> FramedWrite<TcpStream, PacketCodec> {
 
 pub async fn send(link: &mut FramedWrite<TcpStream, PacketCodec>, packet: &Packet) {
     link.send(packet.clone()).await.unwrap();
+}
+
+/// The value of metric sample `sample` (name with labels, as printed) in
+/// `registry`.
+pub fn metric(registry: &Registry, sample: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
 }
 
 /// Polls `cond` until it holds or `limit` of real time passes. Works on a
