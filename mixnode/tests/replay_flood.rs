@@ -52,8 +52,13 @@ async fn a_replay_flood_five_times_a_filter_does_not_drop_fresh_packets() {
     ring.insert(EPOCH, mix_key.clone());
     // One segment is 1000 tags; the node is declared able to process 100
     // packets/s, so its chain may grow to cover a whole key lifetime.
+    // 1e-9 per segment. (In filters this small `bloomfilter`'s double
+    // hashing makes false positives likelier than that — a tag probing one
+    // bit k times, about one in 2 × 43 000 per full segment — so a few are
+    // allowed below and compared with the hundreds of a saturated filter.)
     let replay = ReplaySettings {
         expected_packet_rate: 0.001,
+        false_positive_rate: 1e-9,
         max_packet_rate: 100.0,
         fsync_interval_ms: 50,
         ..ReplaySettings::default()
@@ -132,48 +137,54 @@ async fn a_replay_flood_five_times_a_filter_does_not_drop_fresh_packets() {
     }
     let flood_time = started.elapsed();
     let stats = mix.engine.stats();
-    // Every flood packet was recorded as fresh: no false positives even
-    // as the flood passed the first segment's size.
-    assert_eq!(stats.dropped(DropReason::UnknownNextHop), FLOOD);
-    assert_eq!(stats.dropped(DropReason::Replay), 0);
+    // Every flood packet was taken as fresh (but for a rare false positive)
+    // even as the flood passed the first segment's size many times.
+    let flood_fp = stats.dropped(DropReason::Replay);
+    assert_eq!(stats.dropped(DropReason::UnknownNextHop) + flood_fp, FLOOD);
+    assert!(flood_fp <= 2, "{flood_fp} flood packets taken for replays");
 
-    // Fresh packets after the flood: every one arrives.
+    // Fresh packets after the flood: they arrive.
     let fresh: Vec<Packet> = (0..FRESH)
         .map(|i| packet(&mut rng, vec![mix.hop(), sink.hop()], FLOOD + i))
         .collect();
     for p in &fresh {
         send(&mut link, p).await;
     }
-    assert!(wait_until(WAIT, || sink.recorder.len() as u64 == FRESH).await);
-    assert_eq!(mix.engine.stats().dropped(DropReason::Replay), 0);
+    let replays = || mix.engine.stats().dropped(DropReason::Replay);
+    assert!(
+        wait_until(WAIT, || sink.recorder.len() as u64 + (replays() - flood_fp)
+            == FRESH)
+        .await
+    );
+    let fresh_fp = replays() - flood_fp;
+    assert!(fresh_fp <= 1, "{fresh_fp} fresh packets taken for replays");
     // Replays of the flood are still caught.
+    let before = replays();
     for p in flood.iter().step_by(50) {
         send(&mut link, p).await;
     }
-    assert!(
-        wait_until(WAIT, || mix.engine.stats().dropped(DropReason::Replay)
-            == FLOOD / 50)
-        .await
-    );
+    assert!(wait_until(WAIT, || replays() == before + FLOOD / 50).await);
 
     // The chain grew (1000 tags a segment) and says so; it is far from its
     // capacity, so no saturation.
+    let recorded = FLOOD + FRESH - flood_fp - fresh_fp;
     assert!(
         wait_until(WAIT, || metric(&mix.registry, "replay_filter_tags")
-            >= (FLOOD + FRESH) as f64)
+            >= recorded as f64)
         .await
     );
     let segments = metric(&mix.registry, "replay_filter_segments");
-    assert_eq!(segments, ((FLOOD + FRESH).div_ceil(SEGMENT)) as f64);
+    assert_eq!(segments, (recorded / SEGMENT + 1) as f64);
     assert_eq!(metric(&mix.registry, "replay_saturated_tags_total"), 0.0);
     assert_eq!(metric(&mix.registry, "replay_filter_saturated"), 0.0);
     let bound = metric(&mix.registry, "replay_false_positive_bound");
-    assert!(bound < 1e-5, "{bound}");
+    assert!(bound < 1e-8, "{bound}");
     println!(
-        "| replay flood through a mix: {FLOOD} valid packets (fresh tags, 5 x a 1000-tag segment; built in \
-         {build_time:.1?}, processed in {flood_time:.1?}), then {FRESH} fresh packets | all {FRESH} forwarded, \
-         0 dropped as replays; {} flood replays caught | {segments} segments, false positive bound {bound:.1e}, \
-         saturated 0 |",
+        "| replay flood through a mix: {FLOOD} valid packets (fresh tags, 5 x a 1000-tag segment at 1e-9; \
+         built in {build_time:.1?}, processed in {flood_time:.1?}), then {FRESH} fresh packets | {} forwarded, \
+         {fresh_fp} dropped as replays ({flood_fp} of the flood's); {} flood replays caught | {segments} \
+         segments, false positive bound {bound:.1e}, saturated 0 |",
+        FRESH - fresh_fp,
         FLOOD / 50
     );
     mix.stop().await;
@@ -194,6 +205,7 @@ async fn a_saturated_replay_filter_is_counted_and_alarmed() {
     // processes far less than the flood.
     let replay = ReplaySettings {
         expected_packet_rate: 0.001,
+        false_positive_rate: 1e-9,
         max_packet_rate: 0.001,
         fsync_interval_ms: 50,
         ..ReplaySettings::default()

@@ -367,11 +367,26 @@ impl EpochState {
         sizing: &ReplaySizing,
         fresh: impl FnOnce() -> Option<Bloom<Tag>>,
     ) -> bool {
-        if self.active.check(t) || self.sealed.iter().any(|s| s.bloom.check(t)) {
+        if self.sealed.iter().any(|s| s.bloom.check(t)) || self.active.check_and_set(t) {
             return true;
         }
-        let full = self.active_count >= sizing.segment_items as u64;
-        if full
+        self.active_count += 1;
+        if self.active_count > sizing.segment_items as u64 {
+            // Full, and the chain could not grow: saturating.
+            self.saturated += 1;
+        }
+        self.rotate_if_full(sizing, fresh);
+        false
+    }
+
+    /// Seals the filling segment once it holds its tags, if the chain may
+    /// grow (and the new segment could be made).
+    fn rotate_if_full(
+        &mut self,
+        sizing: &ReplaySizing,
+        fresh: impl FnOnce() -> Option<Bloom<Tag>>,
+    ) {
+        if self.active_count >= sizing.segment_items as u64
             && self.sealed.len() + 1 < sizing.max_segments
             && let Some(next) = fresh()
         {
@@ -382,12 +397,6 @@ impl EpochState {
             });
             self.active_count = 0;
         }
-        self.active.set(t);
-        self.active_count += 1;
-        if self.active_count > sizing.segment_items as u64 {
-            self.saturated += 1;
-        }
-        false
     }
 
     fn segments(&self) -> usize {
@@ -661,6 +670,9 @@ impl ReplayCache {
             })
             .collect();
         state.generation = generation;
+        // A full last segment (a format-1 filter counts as full) gives way
+        // to a new one before any tag is added.
+        state.rotate_if_full(&self.sizing, || self.new_bloom().ok());
         Ok((state, generation))
     }
 
@@ -916,10 +928,18 @@ mod tests {
         ReplayTag(t)
     }
 
+    /// Segments at 1e-9. (False positives still happen in these small
+    /// test filters more often than the rate says: `bloomfilter` derives
+    /// its k probes as h1 + i·h2, and a tag whose h2 is a multiple of the
+    /// filter's bit count probes one bit k times — about one tag in
+    /// 2 × bits per full segment. At a node's sizes, a hundred million bits
+    /// and more, that is far below 1e-6; at 40 000 bits it is not. So the
+    /// tests allow a few false positives and compare them with the
+    /// thousands of a saturated filter.)
     fn sized(items: usize, max_segments: usize) -> ReplaySizing {
         ReplaySizing {
             segment_items: items,
-            false_positive_rate: 1e-6,
+            false_positive_rate: 1e-9,
             max_segments,
         }
     }
@@ -989,10 +1009,12 @@ mod tests {
             ReplayCache::open(&dir.path().join("single"), sized(ITEMS as usize, 1), &[1]).unwrap();
         let chain =
             ReplayCache::open(&dir.path().join("chain"), sized(ITEMS as usize, 8), &[1]).unwrap();
+        let mut flood_fp = 0;
         for i in 0..5 * ITEMS {
             let _ = insert(&single, 1, i);
-            assert_eq!(insert(&chain, 1, i), Seen::New, "flood tag {i}");
+            flood_fp += usize::from(insert(&chain, 1, i) == Seen::Replay);
         }
+        assert!(flood_fp <= 3, "{flood_fp} flood tags taken for replays");
         let fresh = 10_000u32;
         let count = |c: &ReplayCache| {
             (0..fresh)
@@ -1002,17 +1024,20 @@ mod tests {
         let (single_fp, chain_fp) = (count(&single), count(&chain));
         // One filter at 5× its size: about half of fresh tags are lost.
         assert!(single_fp > fresh as usize / 4, "{single_fp}");
-        assert_eq!(chain_fp, 0);
+        assert!(chain_fp <= 2, "{chain_fp}");
         // Every flood tag is still recognised.
         for i in (0..5 * ITEMS).step_by(97) {
             assert_eq!(insert(&chain, 1, i), Seen::Replay, "tag {i}");
         }
         let st = chain.stats();
         assert_eq!(st.segments, 6);
-        assert_eq!(st.tags, u64::from(5 * ITEMS + fresh));
+        assert_eq!(
+            st.tags,
+            u64::from(5 * ITEMS + fresh) - (flood_fp + chain_fp) as u64
+        );
         assert_eq!(st.saturated_tags, 0);
         assert!(
-            st.false_positive_bound < 1e-5,
+            st.false_positive_bound < 1e-8,
             "{}",
             st.false_positive_bound
         );
@@ -1020,7 +1045,7 @@ mod tests {
         assert!(single_st.saturated_tags > u64::from(3 * ITEMS));
         assert!(single_st.false_positive_bound > 0.1);
         println!(
-            "| replay flood: {} tags into segments of {ITEMS}, then {fresh} fresh tags | one filter (before): {single_fp} fresh tags taken for replays, false positive bound {:.2} | chain: {chain_fp}, {} segments, bound {:.1e} |",
+            "| replay flood: {} tags into segments of {ITEMS} (1e-9), then {fresh} fresh tags | one filter (before): {single_fp} fresh tags taken for replays, false positive bound {:.2} | chain: {chain_fp} (and {flood_fp} during the flood), {} segments, bound {:.1e} |",
             5 * ITEMS,
             single_st.false_positive_bound,
             st.segments,
@@ -1032,17 +1057,16 @@ mod tests {
     fn a_chain_at_its_memory_cap_counts_saturation() {
         let dir = tempfile::tempdir().unwrap();
         let c = ReplayCache::open(dir.path(), sized(1000, 3), &[1]).unwrap();
-        for i in 0..3000 {
-            assert_eq!(insert(&c, 1, i), Seen::New);
-        }
+        let fresh = (0..3000).filter(|i| insert(&c, 1, *i) == Seen::New).count();
+        assert!(fresh >= 2997, "{fresh}");
         assert_eq!(c.stats().saturated_tags, 0);
         for i in 3000..3500 {
             let _ = insert(&c, 1, i);
         }
         let st = c.stats();
         assert_eq!(st.segments, 3);
-        assert!(st.saturated_tags >= 490, "{st:?}");
-        assert!(st.false_positive_bound > 1e-6);
+        assert!(st.saturated_tags >= 480, "{st:?}");
+        assert!(st.false_positive_bound > 1e-9);
     }
 
     #[test]
@@ -1069,7 +1093,7 @@ mod tests {
 
         // What the previous version wrote: one filter, no count.
         let v1 = tempfile::tempdir().unwrap();
-        let mut bloom = Bloom::<Tag>::new_for_fp_rate_with_seed(1000, 1e-6, &[7; 32]).unwrap();
+        let mut bloom = Bloom::<Tag>::new_for_fp_rate_with_seed(1000, 1e-9, &[7; 32]).unwrap();
         for i in 0..10 {
             bloom.set(&Tag(tag(i).0));
         }
