@@ -215,6 +215,8 @@ impl Devnet {
             cfg.params.client_loop_rate = options.client_loop_rate;
             cfg.params.mix_loop_rate = options.mix_loop_rate;
             cfg.admission.nodes = admitted.clone();
+            // Every node and client of a devnet connects from 127.0.0.1.
+            cfg.limits.max_connections_per_address = cfg.limits.max_connections;
             let token = shutdown.child_token();
             let handle = start_authority_on(listener, cfg, key, clock.clone(), token.clone())
                 .await
@@ -274,7 +276,8 @@ impl Devnet {
             cfg.directory.threshold = options.threshold;
             cfg.replay.expected_packet_rate = 200.0;
             // Every devnet client is on 127.0.0.1: one address's creation
-            // budget would be everyone's.
+            // budget and connection share would be everyone's.
+            cfg.http.max_connections_per_address = cfg.http.max_connections;
             cfg.api.create_burst_per_address = 100_000;
             cfg.api.create_per_address_per_hour = 1_000_000;
             cfg.api.create_burst = 100_000;

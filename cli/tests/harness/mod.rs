@@ -464,6 +464,8 @@ impl Net {
                     ("params.client_loop_rate", float(0.0)),
                     ("params.mix_loop_rate", float(0.0)),
                     ("timing.bootstrap_window_ms", int(1000)),
+                    // Every node and client here connects from 127.0.0.1.
+                    ("limits.max_connections_per_address", int(256)),
                 ],
             );
         }
@@ -564,7 +566,13 @@ impl Net {
             let config = d.join("mailbox.toml");
             common(&config, &name);
             // Every test client is on 127.0.0.1.
-            edit_toml(&config, &[("api.create_burst_per_address", int(1000))]);
+            edit_toml(
+                &config,
+                &[
+                    ("api.create_burst_per_address", int(1000)),
+                    ("http.max_connections_per_address", int(256)),
+                ],
+            );
             mailboxes.push(Node {
                 daemon: Daemon::new(
                     &name,
