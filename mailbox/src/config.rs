@@ -129,8 +129,9 @@ retention_secs = {retention}
 # Seconds a queue may go unused by its owner (no creation, fetch,
 # acknowledgement or deletion request) before the reaper deletes it with
 # everything in it. Keeps abandoned and mass-created queues from holding
-# the api.max_queues slots for good. Longer than retention_secs: a client
-# offline this long loses the queue and must make a new one.
+# the api.max_queues slots for good. Keep it longer than retention_secs (a
+# warning at start otherwise): a client offline this long loses the queue,
+# with what it held, and must make a new one.
 queue_idle_secs = {queue_idle}
 # Seconds between reaper passes.
 reap_interval_secs = {reap_interval}
@@ -150,6 +151,7 @@ max_queues = {max_queues}
 # more than its share forgets its own oldest requests and has requests
 # signed that early refused (429 throttled); when the cache is full, the
 # queue holding the most pays. One owner's flood cannot refuse others.
+# (nonces_per_queue is at most nonce_cache_capacity.)
 nonce_cache_capacity = {nonces}
 nonces_per_queue = {nonces_per_queue}
 # Queue creation budgets (token buckets): per client address (an IPv4
@@ -440,7 +442,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let s = &self.storage;
         let a = &self.api;
-        let checks: [(bool, &str); 11] = [
+        let checks: [(bool, &str); 10] = [
             (
                 s.queue_max_messages == 0,
                 "storage.queue_max_messages must be at least 1",
@@ -467,16 +469,12 @@ impl Config {
                 "api.max_queues, api.nonce_cache_capacity and api.nonces_per_queue must be at least 1",
             ),
             (
-                a.nonces_per_queue > a.nonce_cache_capacity,
-                "api.nonces_per_queue must be at most api.nonce_cache_capacity",
-            ),
-            (
                 a.create_burst_per_address == 0 || a.create_burst == 0,
                 "api.create_burst_per_address and api.create_burst must be at least 1",
             ),
             (
-                s.queue_idle_secs <= s.retention_secs,
-                "storage.queue_idle_secs must be longer than storage.retention_secs",
+                s.queue_idle_secs == 0,
+                "storage.queue_idle_secs must be at least 1",
             ),
             (
                 self.http.max_connections == 0 || self.http.max_connections_per_address == 0,

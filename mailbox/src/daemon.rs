@@ -268,6 +268,13 @@ async fn start_inner(
     shutdown: &CancellationToken,
 ) -> Result<MailboxHandle> {
     config.validate()?;
+    if config.storage.queue_idle_secs <= config.storage.retention_secs {
+        tracing::warn!(
+            queue_idle_secs = config.storage.queue_idle_secs,
+            retention_secs = config.storage.retention_secs,
+            "storage.queue_idle_secs is not longer than storage.retention_secs: a queue whose owner is away can be deleted with entries still within their retention"
+        );
+    }
     let node_id = IdentityKey::from(&identity.verifying_key()).node_id();
     private_dir(&config.data_dir)?;
     let db_path = config.database_path();
