@@ -169,8 +169,9 @@ fn framing(c: &mut Criterion) {
 fn replay_cache(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let settings = ReplaySettings::default();
-    let items = settings.expected_items(Duration::from_secs(3600 + 600));
-    let cache = ReplayCache::open(dir.path(), items, settings.false_positive_rate, &[1]).unwrap();
+    // One segment, as a node at its expected load holds.
+    let sizing = settings.sizing(Duration::from_secs(3600 + 600), 0.0);
+    let cache = ReplayCache::open(dir.path(), sizing, &[1]).unwrap();
     let mut n: u64 = 0;
     c.bench_function("replay_cache_check_fresh", |b| {
         b.iter(|| {

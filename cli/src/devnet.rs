@@ -186,6 +186,19 @@ impl Devnet {
                 })
             })
             .collect::<Result<_>>()?;
+        // The nodes' identity keys, so that every authority admits them
+        // (its allow-list: `admission.nodes`).
+        let mix_keys = (0..options.width * 3)
+            .map(|i| identity(&options.dir.join(format!("mix-{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let mailbox_keys = (0..options.mailboxes)
+            .map(|i| identity(&options.dir.join(format!("mailbox-{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let admitted: Vec<String> = mix_keys
+            .iter()
+            .chain(&mailbox_keys)
+            .map(|k| IdentityKey::from(&k.verifying_key()).to_base58())
+            .collect();
         let mut authorities = Vec::new();
         let mut authority_tokens = Vec::new();
         for (i, (listener, key)) in listeners.into_iter().zip(keys).enumerate() {
@@ -206,6 +219,9 @@ impl Devnet {
             cfg.params.client_rate = options.client_rate;
             cfg.params.client_loop_rate = options.client_loop_rate;
             cfg.params.mix_loop_rate = options.mix_loop_rate;
+            cfg.admission.nodes = admitted.clone();
+            // Every node and client of a devnet connects from 127.0.0.1.
+            cfg.limits.max_connections_per_address = cfg.limits.max_connections;
             let token = shutdown.child_token();
             let handle = start_authority_on(listener, cfg, key, clock.clone(), token.clone())
                 .await
@@ -224,9 +240,8 @@ impl Devnet {
         // Mix nodes.
         let mut mixes = Vec::new();
         let mut mix_tokens = Vec::new();
-        for i in 0..options.width * 3 {
+        for (i, key) in mix_keys.into_iter().enumerate() {
             let dir = options.dir.join(format!("mix-{i}"));
-            let key = identity(&dir)?;
             let mut cfg = murmur_mixnode::MixNodeConfig::new(&dir);
             let (packet, http) = old
                 .as_ref()
@@ -249,9 +264,8 @@ impl Devnet {
 
         // Mailbox providers.
         let mut mailboxes = Vec::new();
-        for i in 0..options.mailboxes {
+        for (i, key) in mailbox_keys.into_iter().enumerate() {
             let dir = options.dir.join(format!("mailbox-{i}"));
-            let key = identity(&dir)?;
             let mut cfg = murmur_mailbox::Config {
                 data_dir: dir.clone(),
                 ..Default::default()
@@ -268,6 +282,13 @@ impl Devnet {
             cfg.directory.authorities = pins.clone();
             cfg.directory.threshold = options.threshold;
             cfg.replay.expected_packet_rate = 200.0;
+            // Every devnet client is on 127.0.0.1: one address's creation
+            // budget and connection share would be everyone's.
+            cfg.http.max_connections_per_address = cfg.http.max_connections;
+            cfg.api.create_burst_per_address = 100_000;
+            cfg.api.create_per_address_per_hour = 1_000_000;
+            cfg.api.create_burst = 100_000;
+            cfg.api.create_per_hour = 1_000_000;
             let handle =
                 murmur_mailbox::start_mailbox(cfg, key, clock.clone(), shutdown.child_token())
                     .await

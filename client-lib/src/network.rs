@@ -4,7 +4,8 @@
 //! network publishes).
 //!
 //! ```toml
-//! # A consensus is trusted only if `threshold` of these authorities signed it.
+//! # A consensus is trusted only if `threshold` of these authorities signed it
+//! # (without it: a majority of them).
 //! threshold = 2
 //!
 //! [[authority]]
@@ -41,7 +42,10 @@ pub struct AuthorityEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
-    /// How many authorities must sign a consensus.
+    /// How many authorities must sign a consensus. A file without it (or
+    /// with 0) means a majority of the authorities listed, ⌊n/2⌋ + 1:
+    /// [`NetworkConfig::parse`] fills it in.
+    #[serde(default)]
     pub threshold: usize,
     /// The authorities.
     #[serde(rename = "authority")]
@@ -63,7 +67,8 @@ impl NetworkConfig {
 
     /// Parses and checks network TOML.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let cfg: Self = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        let mut cfg: Self = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        cfg.threshold = cfg.effective_threshold();
         cfg.endpoints()?;
         Ok(cfg)
     }
@@ -84,6 +89,16 @@ impl NetworkConfig {
         out
     }
 
+    /// The threshold in force: `threshold`, or a majority of the
+    /// authorities when it is 0.
+    pub fn effective_threshold(&self) -> usize {
+        if self.threshold == 0 {
+            self.authorities.len() / 2 + 1
+        } else {
+            self.threshold
+        }
+    }
+
     /// The authorities as endpoints; checks keys and threshold.
     pub fn endpoints(&self) -> std::result::Result<Vec<AuthorityEndpoint>, String> {
         if self.authorities.is_empty() {
@@ -101,8 +116,11 @@ impl NetworkConfig {
                     .map_err(|e| format!("authority {}: {e}", a.address))
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        murmur_wire::AuthoritySet::new(eps.iter().map(|e| e.key).collect(), self.threshold)
-            .map_err(|e| e.to_string())?;
+        murmur_wire::AuthoritySet::new(
+            eps.iter().map(|e| e.key).collect(),
+            self.effective_threshold(),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(eps)
     }
 }
@@ -134,7 +152,7 @@ pub async fn follow(
         .map_err(|reason| Error::Unreachable { reason })?;
     let dir = DirectoryClient::new(
         endpoints,
-        network.threshold,
+        network.effective_threshold(),
         HttpClient::new(Duration::from_secs(5)),
     )
     .map_err(|e| Error::Unreachable {
@@ -201,6 +219,23 @@ mod tests {
                 .unwrap_err()
                 .contains("threshold")
         );
+        // No threshold: a majority of the authorities listed.
+        let mut three = cfg.clone();
+        three.authorities = (1..=3u8)
+            .map(|i| AuthorityEntry {
+                address: "127.0.0.1:1".parse().unwrap(),
+                key: IdentityKey(
+                    murmur_wire::ed25519_dalek::SigningKey::from_bytes(&[i; 32])
+                        .verifying_key()
+                        .to_bytes(),
+                )
+                .to_base58(),
+            })
+            .collect();
+        let text = three.to_toml().replace("threshold = 1\n", "");
+        assert_eq!(NetworkConfig::parse(&text).unwrap().threshold, 2);
+        let zero = three.to_toml().replace("threshold = 1", "threshold = 0");
+        assert_eq!(NetworkConfig::parse(&zero).unwrap().threshold, 2);
         let bad_key = cfg.to_toml().replace(&key.to_base58(), "nope");
         assert!(NetworkConfig::parse(&bad_key).is_err());
     }

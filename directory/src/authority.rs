@@ -18,21 +18,25 @@ use murmur_wire::directory::{MAX_DESCRIPTOR_SIZE, VOTE_VERSION};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::policy::epoch_at;
 use murmur_wire::{
-    AuthoritySet, Consensus, IdentityKey, NetworkParams, NodeId, SignedConsensus, SignedDescriptor,
-    SignedVote, VerifiedDescriptor, Vote,
+    AuthoritySet, Consensus, Descriptor, IdentityKey, NetworkParams, NodeId, SignedConsensus,
+    SignedDescriptor, SignedVote, VerifiedDescriptor, Vote,
 };
 use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{
+    AdmissionList, Admitted, FileStamp, ProbeState, ReachabilityProbe, TcpConnectProbe, host_key,
+    is_routable, subnet_key,
+};
 use crate::client::{AuthorityEndpoint, MAX_CONSENSUS_SIZE};
 use crate::clock::Clock;
-use crate::config::{AuthorityConfig, Peer};
+use crate::config::{AdmissionMode, AuthorityConfig, Peer};
 use crate::consensus::{self, quorum};
 use crate::error::Error;
-use crate::http::{self as h, HttpClient, HttpResponse, POSTCARD, ServerLimits};
-use crate::metrics::{EpochLabel, Metrics, ReasonLabel, StatusLabel};
+use crate::http::{self as h, HttpClient, HttpResponse, POSTCARD};
+use crate::metrics::{EpochLabel, Metrics, OutcomeLabel, ReasonLabel, StatusLabel};
 use crate::store::{Kind, Store};
 
 /// Largest `POST /v1/descriptors` body: a signed descriptor's wire form.
@@ -100,8 +104,34 @@ pub async fn start_authority_on(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<AuthorityHandle, Error> {
+    let probe = Arc::new(TcpConnectProbe {
+        timeout: Duration::from_millis(config.admission.probe_timeout_ms),
+    });
+    start_authority_with_probe(listener, config, identity, clock, probe, shutdown).await
+}
+
+/// Like [`start_authority_on`], with another reachability probe than the
+/// TCP connection (used when `admission.probe` is on).
+pub async fn start_authority_with_probe(
+    listener: tokio::net::TcpListener,
+    mut config: AuthorityConfig,
+    identity: SigningKey,
+    clock: Arc<dyn Clock>,
+    probe: Arc<dyn ReachabilityProbe>,
+    shutdown: CancellationToken,
+) -> Result<AuthorityHandle, Error> {
     let me = IdentityKey::from(&identity.verifying_key());
     let (peers, set) = config.validate(me)?;
+    // `load` made a file's relative paths relative to it; an in-process
+    // configuration's relative list file lives in the data directory.
+    if config.admission.list_file.is_relative() {
+        config.admission.list_file = config.data_dir.join(&config.admission.list_file);
+    }
+    let admitted = Admitted {
+        config: config.admission.node_keys()?.into_iter().collect(),
+        list: AdmissionList::load(&config.admission.list_file, &me)?,
+        stamp: Some(FileStamp::of(&config.admission.list_file)),
+    };
     let store = Store::open(&config.data_dir)?;
     let metrics = Metrics::default();
     let registry = metrics.register();
@@ -121,16 +151,15 @@ pub async fn start_authority_on(
         registry,
         started_ms,
         state: Mutex::new(State::default()),
+        admitted: Mutex::new(admitted),
+        probe_wake: tokio::sync::Notify::new(),
         cfg: config,
     });
     authority.load();
 
     let stop = shutdown.child_token();
     let tracker = TaskTracker::new();
-    let limits = ServerLimits {
-        max_connections: authority.cfg.limits.max_connections,
-        ..ServerLimits::default()
-    };
+    let limits = authority.cfg.limits.server();
     let handler_auth = authority.clone();
     let handler = move |req: Request<Incoming>| {
         let a = handler_auth.clone();
@@ -140,11 +169,33 @@ pub async fn start_authority_on(
         addr: authority.cfg.listen,
         source,
     })?;
-    tracker.spawn(h::serve(listener, handler, limits, stop.clone()));
+    tracker.spawn(h::serve_with_metrics(
+        listener,
+        handler,
+        limits,
+        authority.metrics.http_server.clone(),
+        stop.clone(),
+    ));
     let loop_auth = authority.clone();
     let loop_stop = stop.clone();
     tracker.spawn(async move { loop_auth.run(loop_stop).await });
+    if authority.cfg.admission.probe {
+        let probe_auth = authority.clone();
+        let probe_stop = stop.clone();
+        tracker.spawn(async move { probe_auth.probe_loop(probe, probe_stop).await });
+    }
     tracker.close();
+    let (mode, admitted) = (authority.cfg.admission.mode, authority.admitted().len());
+    authority
+        .metrics
+        .admitted_nodes
+        .set(i64::try_from(admitted).unwrap_or(i64::MAX));
+    tracing::info!(
+        ?mode,
+        admitted,
+        probe = authority.cfg.admission.probe,
+        "node admission"
+    );
     if authority.set.threshold() < quorum(authority.n()) {
         tracing::warn!(
             k = authority.set.threshold(),
@@ -197,6 +248,10 @@ struct Authority {
     started_ms: u64,
     vote_limit: usize,
     state: Mutex<State>,
+    /// The admitted node keys (configuration and signed list).
+    admitted: Mutex<Admitted>,
+    /// Wakes the probe loop when a descriptor is new or moved.
+    probe_wake: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -207,6 +262,8 @@ struct State {
     first_descriptor_ms: Option<u64>,
     rounds: BTreeMap<u64, Round>,
     published: BTreeMap<u64, SignedConsensus>,
+    /// Reachability of the held descriptors' packet addresses.
+    probes: BTreeMap<NodeId, ProbeState>,
 }
 
 #[derive(Default)]
@@ -280,6 +337,13 @@ impl Authority {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn admitted(&self) -> MutexGuard<'_, Admitted> {
+        // Replaced whole on reload: a poisoned value is still consistent.
+        self.admitted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn epoch_ms(&self) -> u64 {
         self.cfg.epoch_secs.saturating_mul(1000)
     }
@@ -310,6 +374,7 @@ impl Authority {
             };
             if Store::descriptor_name(&d.id()) != name
                 || d.descriptor().last_epoch().unwrap_or(0) < epoch
+                || !self.may_list(&d.descriptor().identity)
             {
                 self.store.remove(Kind::Descriptor, &name);
                 continue;
@@ -552,6 +617,218 @@ impl Authority {
         }
     }
 
+    /// Whether `key`'s descriptors may be kept and voted for: admitted, or
+    /// any key in open mode.
+    fn may_list(&self, key: &IdentityKey) -> bool {
+        self.cfg.admission.mode == AdmissionMode::Open || self.admitted().contains(key)
+    }
+
+    /// Open mode's limits for a node nobody admitted: a routable packet
+    /// address, and room on its host and in its subnet among the other
+    /// identities' live descriptors.
+    fn open_limits(&self, st: &State, d: &VerifiedDescriptor, epoch: u64) -> Result<(), Refusal> {
+        let a = &self.cfg.admission;
+        let ip = d.descriptor().packet_addr.ip();
+        if !a.allow_private_addresses && !is_routable(ip) {
+            return Err(Refusal(
+                StatusCode::FORBIDDEN,
+                "unroutable_address",
+                "the packet address is not a public address (loopback, private or link-local)"
+                    .into(),
+            ));
+        }
+        let (host, subnet) = (host_key(ip), subnet_key(ip));
+        let (mut on_host, mut in_subnet) = (0usize, 0usize);
+        for o in st.descriptors.values() {
+            if o.id() == d.id() || o.descriptor().last_epoch().unwrap_or(0) < epoch {
+                continue;
+            }
+            let other = o.descriptor().packet_addr.ip();
+            on_host += usize::from(host_key(other) == host);
+            in_subnet += usize::from(subnet_key(other) == subnet);
+        }
+        if on_host >= a.max_per_address {
+            return Err(Refusal(
+                StatusCode::FORBIDDEN,
+                "address_limit",
+                format!(
+                    "{on_host} node identities already registered on this host (admission.max_per_address)"
+                ),
+            ));
+        }
+        if in_subnet >= a.max_per_subnet {
+            return Err(Refusal(
+                StatusCode::FORBIDDEN,
+                "subnet_limit",
+                format!(
+                    "{in_subnet} node identities already registered in this subnet (admission.max_per_subnet)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the held descriptor `d` may go into a vote: still admitted,
+    /// and (with probing on) reached at its packet address.
+    fn votable(&self, st: &State, d: &VerifiedDescriptor) -> bool {
+        self.may_list(&d.descriptor().identity)
+            && (!self.cfg.admission.probe
+                || st
+                    .probes
+                    .get(&d.id())
+                    .is_some_and(|p| p.reachable_at(d.descriptor().packet_addr)))
+    }
+
+    /// Re-reads the signed admission list if `admit`/`revoke` changed it,
+    /// and forgets the descriptors of revoked nodes. A list that does not
+    /// verify is refused: the previous one stays in force.
+    fn reload_admission(&self) {
+        let path = &self.cfg.admission.list_file;
+        let stamp = FileStamp::of(path);
+        if self.admitted().stamp == Some(stamp) {
+            return;
+        }
+        match AdmissionList::load(path, &self.me) {
+            Ok(list) => {
+                let n = list.len();
+                let total = {
+                    let mut a = self.admitted();
+                    a.list = list;
+                    a.stamp = Some(stamp);
+                    a.len()
+                };
+                self.metrics
+                    .admitted_nodes
+                    .set(i64::try_from(total).unwrap_or(i64::MAX));
+                tracing::info!(admitted = n, "admission list reloaded");
+            }
+            Err(e) => {
+                self.admitted().stamp = Some(stamp);
+                self.metrics.admission_list_errors.inc();
+                tracing::error!(error = %e, "admission list refused; the previous list stays in force");
+                return;
+            }
+        }
+        if self.cfg.admission.mode == AdmissionMode::Open {
+            return;
+        }
+        let mut st = self.lock();
+        let revoked: Vec<NodeId> = st
+            .descriptors
+            .values()
+            .filter(|d| !self.may_list(&d.descriptor().identity))
+            .map(|d| d.id())
+            .collect();
+        for id in &revoked {
+            st.descriptors.remove(id);
+            st.probes.remove(id);
+            self.store
+                .remove(Kind::Descriptor, &Store::descriptor_name(id));
+        }
+        if !revoked.is_empty() {
+            tracing::info!(
+                nodes = revoked.len(),
+                "dropped the descriptors of revoked nodes"
+            );
+        }
+        self.metrics
+            .descriptors_stored
+            .set(i64::try_from(st.descriptors.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Probes every held descriptor's packet address when it is new or
+    /// moved, again every `reprobe_secs` while reachable and every
+    /// `probe_retry_secs` while not, at most `max_concurrent_probes` at once.
+    async fn probe_loop(
+        self: Arc<Self>,
+        probe: Arc<dyn ReachabilityProbe>,
+        stop: CancellationToken,
+    ) {
+        let a = &self.cfg.admission;
+        let (reprobe, retry) = (
+            a.reprobe_secs.saturating_mul(1000),
+            a.probe_retry_secs.saturating_mul(1000),
+        );
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            let now = now_ms(self.clock.as_ref());
+            let due: Vec<(NodeId, IdentityKey, SocketAddr)> = {
+                let mut st = self.lock();
+                let State {
+                    descriptors,
+                    probes,
+                    ..
+                } = &mut *st;
+                probes.retain(|id, _| descriptors.contains_key(id));
+                let mut due = Vec::new();
+                for d in descriptors.values() {
+                    let addr = d.descriptor().packet_addr;
+                    let state = probes
+                        .entry(d.id())
+                        .or_insert_with(|| ProbeState::new(addr));
+                    if state.addr != addr {
+                        *state = ProbeState::new(addr);
+                    }
+                    if running.len() + due.len() < a.max_concurrent_probes
+                        && state.due(now, reprobe, retry)
+                    {
+                        state.in_flight = true;
+                        due.push((d.id(), d.descriptor().identity, addr));
+                    }
+                }
+                due
+            };
+            for (id, key, addr) in due {
+                let probe = probe.clone();
+                running.spawn(async move { (id, addr, probe.probe(key, addr).await) });
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.probe_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok((id, addr, outcome)) = done {
+                        self.probed(id, addr, outcome);
+                    }
+                }
+            }
+        }
+        running.shutdown().await;
+    }
+
+    fn probed(&self, id: NodeId, addr: SocketAddr, outcome: Result<(), String>) {
+        let now = now_ms(self.clock.as_ref());
+        let ok = outcome.is_ok();
+        self.metrics
+            .probes
+            .get_or_create(&OutcomeLabel {
+                outcome: if ok { "reachable" } else { "unreachable" },
+            })
+            .inc();
+        if let Err(why) = &outcome {
+            tracing::debug!(node = %id, reason = %why, "node not reachable at its packet address");
+        }
+        let mut st = self.lock();
+        if let Some(state) = st.probes.get_mut(&id)
+            && state.addr == addr
+        {
+            state.last = Some((now, ok));
+            state.in_flight = false;
+        }
+        let reachable = st
+            .descriptors
+            .values()
+            .filter(|d| {
+                st.probes
+                    .get(&d.id())
+                    .is_some_and(|p| p.reachable_at(d.descriptor().packet_addr))
+            })
+            .count();
+        self.metrics
+            .descriptors_reachable
+            .set(i64::try_from(reachable).unwrap_or(i64::MAX));
+    }
+
     fn accept_descriptor(&self, body: &Bytes) -> Result<&'static str, Refusal> {
         use murmur_wire::Error as W;
         let signed = SignedDescriptor::from_bytes(body).map_err(|e| {
@@ -567,6 +844,19 @@ impl Authority {
             };
             Refusal(status, reason, format!("undecodable descriptor: {e}"))
         })?;
+        // Admission before the signature: a stranger's upload costs no
+        // signature check. (A body that does not decode is left to
+        // `verify`, which says why.)
+        if let Ok(peek) = postcard::from_bytes::<Descriptor>(&signed.body)
+            && !self.may_list(&peek.identity)
+        {
+            return Err(Refusal(
+                StatusCode::FORBIDDEN,
+                "not_admitted",
+                "this node identity is not admitted by this authority's operator (murmur-directory admit)"
+                    .into(),
+            ));
+        }
         let d = signed.verify().map_err(|e| match e {
             W::BadSignature { .. } | W::InvalidPublicKey { .. } => Refusal(
                 StatusCode::FORBIDDEN,
@@ -625,6 +915,11 @@ impl Authority {
             ));
         }
         let addr = d.descriptor().packet_addr;
+        if self.cfg.admission.mode == AdmissionMode::Open
+            && !self.admitted().contains(&d.descriptor().identity)
+        {
+            self.open_limits(&st, &d, epoch)?;
+        }
         let claimed = st.descriptors.values().any(|o| {
             o.id() != d.id()
                 && o.descriptor().packet_addr == addr
@@ -666,7 +961,14 @@ impl Authority {
                 "could not store the descriptor".into(),
             ));
         }
+        let moved = st
+            .probes
+            .get(&d.id())
+            .is_none_or(|p| p.addr != d.descriptor().packet_addr);
         st.descriptors.insert(d.id(), d);
+        if moved {
+            self.probe_wake.notify_one();
+        }
         if st.first_descriptor_ms.is_none() {
             st.first_descriptor_ms = Some(now);
         }
@@ -712,6 +1014,7 @@ impl Authority {
     async fn tick(&self) {
         let now = now_ms(self.clock.as_ref());
         let epoch = now / self.epoch_ms().max(1);
+        self.reload_admission();
         self.prune(epoch);
         for x in [epoch, epoch.saturating_add(1)] {
             self.step(x, now).await;
@@ -857,8 +1160,14 @@ impl Authority {
             epoch: x,
             authority: self.me,
             params: self.params.clone(),
-            descriptors: consensus::vote_descriptors(st.descriptors.values(), x),
+            descriptors: consensus::vote_descriptors(
+                st.descriptors.values().filter(|d| self.votable(st, d)),
+                x,
+            ),
         };
+        let left_out = consensus::vote_descriptors(st.descriptors.values(), x)
+            .len()
+            .saturating_sub(vote.descriptors.len());
         let signed = match SignedVote::sign(&vote, &self.key) {
             Ok(s) => s,
             Err(e) => {
@@ -880,7 +1189,12 @@ impl Authority {
                 return;
             }
         }
-        tracing::info!(epoch = x, nodes = vote.descriptors.len(), "voted");
+        tracing::info!(
+            epoch = x,
+            nodes = vote.descriptors.len(),
+            left_out_unreachable_or_revoked = left_out,
+            "voted"
+        );
         let round = st.rounds.entry(x).or_default();
         round.voted_ms = Some(now);
         round.insert_vote(&self.metrics, signed, vote);

@@ -9,6 +9,7 @@ use murmur_wire::{AuthoritySet, IdentityKey, NetworkParams, PACKET_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::http::ServerLimits;
 
 /// Everything an authority is configured with. Unknown keys are refused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,7 +30,8 @@ pub struct AuthorityConfig {
     /// The other authorities.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
-    /// How many of the n = peers + 1 authorities must sign a document.
+    /// How many of the n = peers + 1 authorities must sign a document; 0
+    /// (the default) means a majority, ⌊n/2⌋ + 1.
     #[serde(default = "default_threshold")]
     pub threshold: usize,
     /// The network parameters this authority votes for.
@@ -41,6 +43,87 @@ pub struct AuthorityConfig {
     /// Resource limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Which nodes may be listed, and the reachability probe.
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+}
+
+/// How an authority decides which node descriptors it keeps and votes for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdmissionMode {
+    /// Only node identity keys the operator admitted (the signed list file
+    /// and `admission.nodes`).
+    #[default]
+    Allowlist,
+    /// Any node, within per-address and per-subnet limits.
+    Open,
+}
+
+/// The `[admission]` table: who may register, and the reachability probe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Allow-list (default) or open.
+    pub mode: AdmissionMode,
+    /// The signed list `murmur-directory admit`/`revoke` write (relative to
+    /// the configuration file's directory).
+    pub list_file: PathBuf,
+    /// Node identity keys (base58) admitted besides those in the list file.
+    pub nodes: Vec<String>,
+    /// Open mode: live node identities per packet-address host (an IPv4
+    /// address, or an IPv6 /64).
+    pub max_per_address: usize,
+    /// Open mode: live node identities per subnet (IPv4 /24, IPv6 /48).
+    pub max_per_subnet: usize,
+    /// Open mode: accept packet addresses that are not globally routable
+    /// (loopback, private, link-local). Off by default, so that a stranger
+    /// cannot point the probe into the authority's own network.
+    pub allow_private_addresses: bool,
+    /// Probe a node's packet address before voting for it.
+    pub probe: bool,
+    /// How long a probe may take, ms.
+    pub probe_timeout_ms: u64,
+    /// A reachable node is probed again after this long, seconds.
+    pub reprobe_secs: u64,
+    /// An unreachable (or never reached) node is probed again after this
+    /// long, seconds.
+    pub probe_retry_secs: u64,
+    /// Probes running at once.
+    pub max_concurrent_probes: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            mode: AdmissionMode::Allowlist,
+            list_file: PathBuf::from("admitted-nodes.list"),
+            nodes: Vec::new(),
+            max_per_address: 2,
+            max_per_subnet: 8,
+            allow_private_addresses: false,
+            probe: true,
+            probe_timeout_ms: 3000,
+            reprobe_secs: 600,
+            probe_retry_secs: 30,
+            max_concurrent_probes: 32,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// The keys of `nodes`, parsed.
+    pub fn node_keys(&self) -> Result<Vec<IdentityKey>, Error> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                IdentityKey::from_base58(k).map_err(|e| Error::Config {
+                    reason: format!("admission.nodes[{i}]: {e}"),
+                })
+            })
+            .collect()
+    }
 }
 
 /// Another authority.
@@ -128,6 +211,19 @@ pub struct LimitsConfig {
     /// HTTP connections served at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// HTTP connections served at once from one address (IPv4 address, or
+    /// IPv6 /64); more are closed at once.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Seconds a client has to send a request's headers.
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body once its headers are in.
+    #[serde(default = "default_body_timeout_secs")]
+    pub body_timeout_secs: u64,
+    /// Seconds one HTTP connection may live.
+    #[serde(default = "default_connection_timeout_secs")]
+    pub connection_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -135,6 +231,23 @@ impl Default for LimitsConfig {
         Self {
             max_descriptors: default_max_descriptors(),
             max_connections: default_max_connections(),
+            max_connections_per_address: default_max_connections_per_address(),
+            header_timeout_secs: default_header_timeout_secs(),
+            body_timeout_secs: default_body_timeout_secs(),
+            connection_timeout_secs: default_connection_timeout_secs(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The HTTP server's limits.
+    pub fn server(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            connection_timeout: Duration::from_secs(self.connection_timeout_secs),
         }
     }
 }
@@ -149,7 +262,7 @@ fn default_epoch_secs() -> u64 {
     3600
 }
 fn default_threshold() -> usize {
-    1
+    0
 }
 fn default_mean_delay_ms() -> u64 {
     50
@@ -181,6 +294,18 @@ fn default_max_descriptors() -> usize {
 fn default_max_connections() -> usize {
     256
 }
+fn default_max_connections_per_address() -> usize {
+    ServerLimits::default().max_connections_per_address
+}
+fn default_header_timeout_secs() -> u64 {
+    10
+}
+fn default_body_timeout_secs() -> u64 {
+    10
+}
+fn default_connection_timeout_secs() -> u64 {
+    60
+}
 
 /// A peer authority as the protocol uses it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,6 +327,7 @@ impl AuthorityConfig {
             params: ParamsConfig::default(),
             timing: TimingConfig::default(),
             limits: LimitsConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 
@@ -228,6 +354,9 @@ impl AuthorityConfig {
         }
         if cfg.key_file.is_relative() {
             cfg.key_file = base.join(&cfg.key_file);
+        }
+        if cfg.admission.list_file.is_relative() {
+            cfg.admission.list_file = base.join(&cfg.admission.list_file);
         }
         Ok(cfg)
     }
@@ -265,8 +394,32 @@ impl AuthorityConfig {
         self.network_params()
             .check()
             .map_err(|e| bad(format!("params: {e}")))?;
-        if self.limits.max_descriptors == 0 || self.limits.max_connections == 0 {
-            return Err(bad("limits must be positive".into()));
+        if self.limits.max_descriptors == 0 {
+            return Err(bad("limits.max_descriptors must be positive".into()));
+        }
+        self.limits
+            .server()
+            .check()
+            .map_err(|e| bad(format!("limits: {e}")))?;
+        let a = &self.admission;
+        self.admission.node_keys()?;
+        if a.max_per_address == 0 || a.max_per_subnet == 0 || a.max_concurrent_probes == 0 {
+            return Err(bad(
+                "admission.max_per_address, max_per_subnet and max_concurrent_probes must be positive"
+                    .into(),
+            ));
+        }
+        if a.probe_timeout_ms == 0
+            || a.probe_timeout_ms > 60_000
+            || a.reprobe_secs == 0
+            || a.probe_retry_secs == 0
+            || a.reprobe_secs > 7 * 24 * 3600
+            || a.probe_retry_secs > 7 * 24 * 3600
+        {
+            return Err(bad(
+                "admission: probe_timeout_ms must be in 1..=60000, reprobe_secs and probe_retry_secs in 1 s..=a week"
+                    .into(),
+            ));
         }
         let mut peers = Vec::with_capacity(self.peers.len());
         for (i, p) in self.peers.iter().enumerate() {
@@ -281,8 +434,13 @@ impl AuthorityConfig {
         }
         let mut keys = vec![me];
         keys.extend(peers.iter().map(|p| p.key));
-        let set = AuthoritySet::new(keys, self.threshold)
-            .map_err(|e| bad(format!("peers/threshold: {e}")))?;
+        let threshold = if self.threshold == 0 {
+            keys.len() / 2 + 1
+        } else {
+            self.threshold
+        };
+        let set =
+            AuthoritySet::new(keys, threshold).map_err(|e| bad(format!("peers/threshold: {e}")))?;
         Ok((peers, set))
     }
 }
@@ -308,9 +466,10 @@ key_file = "{key_file}"
 epoch_secs = 3600
 
 # How many of the n authorities (the peers below plus this one) must sign a
-# document before anyone accepts it. Use a majority (n/2 + 1): with fewer,
-# two different documents could both gather enough signatures.
-threshold = 1
+# document before this authority publishes it. 0 = a majority (n/2 + 1,
+# rounded down), which is what to use: with fewer, two different documents
+# could both gather enough signatures.
+threshold = 0
 
 # The other authorities: their HTTP address and base58 public key (printed
 # by their `init`). Repeat the block for each. Leave none for a single
@@ -349,8 +508,49 @@ keep_epochs = 24
 [limits]
 # Most node identities kept; uploads from further identities get 503.
 max_descriptors = 1000
-# HTTP connections served at once.
+# HTTP connections served at once; more wait in the kernel's accept queue.
 max_connections = 256
+# HTTP connections served at once from one address (an IPv4 address, or an
+# IPv6 /64); more are closed as soon as they are accepted, so that one host
+# cannot take every slot.
+max_connections_per_address = 16
+# Seconds a client has to send a request's headers (also how long an idle
+# kept-alive connection stays open), and then its body. A client that
+# trickles bytes (slowloris) is closed then.
+header_timeout_secs = 10
+body_timeout_secs = 10
+# Seconds one HTTP connection may live.
+connection_timeout_secs = 60
+
+# Which nodes this authority lists (docs/directory.md, "Admitting nodes").
+[admission]
+# "allowlist": only node identity keys this authority's operator admitted
+# with `murmur-directory admit --config FILE KEY` (and `revoke`), which
+# writes list_file signed with the authority key (a file edited by hand is
+# refused), or listed in `nodes` below.
+# "open": any node, within max_per_address and max_per_subnet.
+mode = "allowlist"
+list_file = "admitted-nodes.list"
+# Node identity keys (base58, as `murmur-mixnode init` prints them) admitted
+# here as well as in list_file.
+nodes = []
+# Open mode: live node identities per packet-address host (an IPv4 address,
+# or an IPv6 /64), and per subnet (IPv4 /24, IPv6 /48). More are refused.
+max_per_address = 2
+max_per_subnet = 8
+# Open mode: accept packet addresses that are not globally routable
+# (loopback, private, link-local). Off, a stranger cannot point the probe
+# into this authority's own network.
+allow_private_addresses = false
+# Before voting for a node, connect to its packet address (TCP): a node
+# that cannot be reached is kept but not listed. Timeout of one probe, ms;
+# a reachable node is probed again after reprobe_secs, an unreachable one
+# after probe_retry_secs; at most max_concurrent_probes at once.
+probe = true
+probe_timeout_ms = 3000
+reprobe_secs = 600
+probe_retry_secs = 30
+max_concurrent_probes = 32
 "#
     )
 }
@@ -396,6 +596,19 @@ mod tests {
         let mut cfg = AuthorityConfig::new("d");
         cfg.threshold = 2;
         assert!(cfg.validate(me).is_err());
+        // The default, 0: a majority of the n authorities.
+        cfg.threshold = 0;
+        assert_eq!(cfg.validate(me).unwrap().1.threshold(), 1);
+        let peer = |seed: u8| PeerConfig {
+            addr: default_listen(),
+            key: IdentityKey::from(
+                &murmur_wire::ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key(),
+            )
+            .to_base58(),
+        };
+        cfg.peers = vec![peer(4), peer(5)];
+        assert_eq!(cfg.validate(me).unwrap().1.threshold(), 2);
+        cfg.peers.clear();
         cfg.threshold = 1;
         cfg.peers.push(PeerConfig {
             addr: default_listen(),

@@ -52,6 +52,14 @@ pub enum Error {
         #[source]
         source: murmur_wire::Error,
     },
+    /// The signed admission list does not verify or does not parse.
+    #[error("admission list {path}: {reason}")]
+    AdmissionList {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The consensus follower task has stopped (shut down).
     #[error("the consensus follower has stopped")]
     FollowerStopped,

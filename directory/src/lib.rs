@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+pub mod admission;
 mod authority;
 mod client;
 pub mod clock;
@@ -12,7 +13,10 @@ pub mod keyfile;
 mod metrics;
 mod store;
 
-pub use authority::{AuthorityHandle, MAX_DESCRIPTOR_UPLOAD, start_authority, start_authority_on};
+pub use authority::{
+    AuthorityHandle, MAX_DESCRIPTOR_UPLOAD, start_authority, start_authority_on,
+    start_authority_with_probe,
+};
 pub use client::{
     Attempt, AttemptError, AuthorityEndpoint, ConsensusWatch, DirectoryClient, FetchError,
     MAX_CONSENSUS_SIZE, UploadReport, spawn_follower,

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use murmur_directory::admission::AdmissionList;
 use murmur_directory::clock::SystemClock;
-use murmur_directory::config::example_config;
+use murmur_directory::config::{AdmissionMode, example_config};
 use murmur_directory::{AuthorityConfig, start_authority};
 use murmur_wire::IdentityKey;
 use murmur_wire::ed25519_dalek::SigningKey;
@@ -52,6 +53,37 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Admit node identity keys (base58, as `murmur-mixnode init` and
+    /// `murmur-mailbox init` print them): writes the admission list
+    /// (`admission.list_file`), signed with the authority key. A running
+    /// authority picks the change up within a second.
+    Admit {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// A note kept with the keys (who runs the node, ...).
+        #[arg(long, default_value = "")]
+        note: String,
+        /// The node identity keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Revoke admitted node identity keys: the running authority forgets
+    /// their descriptors and no longer votes for them.
+    Revoke {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The node identity keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// List the admitted node identity keys (list file and configuration).
+    Admitted {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,7 +107,77 @@ fn main() -> anyhow::Result<()> {
             println!("{}", IdentityKey::from(&key.verifying_key()));
             Ok(())
         }
+        Command::Admit { config, note, keys } => edit_admission(&config, &keys, |list, key| {
+            if list.admit(key, &note) {
+                println!("admitted {key}");
+            } else {
+                println!("{key} was already admitted");
+            }
+        }),
+        Command::Revoke { config, keys } => edit_admission(&config, &keys, |list, key| {
+            if list.revoke(&key) {
+                println!("revoked {key}");
+            } else {
+                println!("{key} was not admitted (by the list file)");
+            }
+        }),
+        Command::Admitted { config } => {
+            let cfg = AuthorityConfig::load(&config)?;
+            let key = load_key(&cfg.key_file)?;
+            let me = IdentityKey::from(&key.verifying_key());
+            let list = AdmissionList::load(&cfg.admission.list_file, &me)?;
+            println!(
+                "mode {:?}; {} admitted in {}:",
+                cfg.admission.mode,
+                list.len(),
+                cfg.admission.list_file.display()
+            );
+            for (k, note) in list.iter() {
+                println!("  {k} {note}");
+            }
+            println!(
+                "{} admitted in the configuration (admission.nodes):",
+                cfg.admission.nodes.len()
+            );
+            for k in cfg.admission.node_keys()? {
+                println!("  {k}");
+            }
+            Ok(())
+        }
     }
+}
+
+/// Loads the signed admission list of the authority configured in
+/// `config_path`, applies `edit` to each of `keys`, signs it again and
+/// writes it atomically.
+fn edit_admission(
+    config_path: &Path,
+    keys: &[String],
+    mut edit: impl FnMut(&mut AdmissionList, IdentityKey),
+) -> anyhow::Result<()> {
+    let cfg = AuthorityConfig::load(config_path)?;
+    let key = load_key(&cfg.key_file)?;
+    let me = IdentityKey::from(&key.verifying_key());
+    let parsed = keys
+        .iter()
+        .map(|k| {
+            IdentityKey::from_base58(k)
+                .with_context(|| format!("{k} is not a base58 node identity key"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let path = &cfg.admission.list_file;
+    let mut list = AdmissionList::load(path, &me)?;
+    for k in parsed {
+        edit(&mut list, k);
+    }
+    list.save(path, &key)?;
+    println!("{} node(s) admitted in {}", list.len(), path.display());
+    if cfg.admission.mode == AdmissionMode::Open {
+        println!(
+            "note: admission.mode is \"open\": the list exempts nodes from the per-address limits"
+        );
+    }
+    Ok(())
 }
 
 fn init(dir: &Path, listen: SocketAddr, force: bool) -> anyhow::Result<()> {
@@ -100,6 +202,10 @@ fn init(dir: &Path, listen: SocketAddr, force: bool) -> anyhow::Result<()> {
     println!("authority public key: {public}");
     println!("peers list this authority as:");
     println!("  [[peers]]\n  addr = \"{listen}\"\n  key = \"{public}\"");
+    println!(
+        "nodes are listed only once admitted: murmur-directory admit --config {} <node identity key>",
+        config_path.display()
+    );
     Ok(())
 }
 

@@ -6,10 +6,18 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::http::HttpServerMetrics;
+
 /// Label: why a descriptor was refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
     pub(crate) reason: &'static str,
+}
+
+/// Label: a probe's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: &'static str,
 }
 
 /// Label: HTTP status code.
@@ -41,6 +49,11 @@ pub(crate) struct Metrics {
     pub(crate) divergent_documents: Counter,
     pub(crate) compute_failures: Counter,
     pub(crate) http_requests: Family<StatusLabel, Counter>,
+    pub(crate) http_server: HttpServerMetrics,
+    pub(crate) probes: Family<OutcomeLabel, Counter>,
+    pub(crate) descriptors_reachable: Gauge,
+    pub(crate) admitted_nodes: Gauge,
+    pub(crate) admission_list_errors: Counter,
 }
 
 impl Metrics {
@@ -116,6 +129,27 @@ impl Metrics {
             "http_requests",
             "HTTP requests served, by status",
             self.http_requests.clone(),
+        );
+        self.http_server.register(&mut r);
+        r.register(
+            "probes",
+            "Reachability probes of node packet addresses, by outcome",
+            self.probes.clone(),
+        );
+        r.register(
+            "descriptors_reachable",
+            "Held descriptors whose packet address the last probe reached",
+            self.descriptors_reachable.clone(),
+        );
+        r.register(
+            "admitted_nodes",
+            "Node identity keys admitted (configuration and signed list)",
+            self.admitted_nodes.clone(),
+        );
+        r.register(
+            "admission_list_errors",
+            "Admission list reloads refused (the file does not verify or parse)",
+            self.admission_list_errors.clone(),
         );
         r
     }

@@ -67,11 +67,62 @@ async fn init_then_run_serves_a_bootstrap_document() {
     let config = dir.path().join("directory.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("epoch_secs = 3600"));
+    // The test nodes' addresses are made up: no probe.
+    assert!(text.contains("mode = \"allowlist\"") && text.contains("probe = true"));
     std::fs::write(
         &config,
-        text.replace("bootstrap_window_ms = 2000", "bootstrap_window_ms = 200"),
+        text.replace("bootstrap_window_ms = 2000", "bootstrap_window_ms = 200")
+            .replace("probe = true", "probe = false"),
     )
     .unwrap();
+    // The operator admits the nodes (and one by mistake, then revokes it).
+    let e = epoch_at(now_secs(), 3600);
+    let nodes = network_descriptors(e, now_secs());
+    let node_keys: Vec<String> = nodes
+        .iter()
+        .map(|d| d.verify().unwrap().descriptor().identity.to_base58())
+        .collect();
+    let stranger = ident(&common::key(7)).to_base58();
+    let admit = Command::new(BIN)
+        .args(["admit", "--note", "test network", "--config"])
+        .arg(&config)
+        .args(&node_keys)
+        .arg(&stranger)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        admit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admit.stderr)
+    );
+    let revoke = Command::new(BIN)
+        .args(["revoke", "--config"])
+        .arg(&config)
+        .arg(&stranger)
+        .output()
+        .await
+        .unwrap();
+    assert!(revoke.status.success());
+    let listed = Command::new(BIN)
+        .args(["admitted", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.contains("11 admitted"), "{listed}");
+    assert!(node_keys.iter().all(|k| listed.contains(k.as_str())));
+    assert!(!listed.contains(&stranger), "{listed}");
+    // A key that is not a key is refused, and the list is left alone.
+    let bad = Command::new(BIN)
+        .args(["admit", "--config"])
+        .arg(&config)
+        .arg("not-a-key")
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
     let pk = Command::new(BIN)
         .args(["public-key", "--config"])
         .arg(&config)
@@ -107,11 +158,30 @@ async fn init_then_run_serves_a_bootstrap_document() {
         HttpClient::new(Duration::from_secs(2)),
     )
     .unwrap();
-    let e = epoch_at(now_secs(), 3600);
-    for d in network_descriptors(e, now_secs()) {
-        let report = client.upload_descriptor(&d).await;
+    for d in &nodes {
+        let report = client.upload_descriptor(d).await;
         assert!(report.all_accepted(), "{report}");
     }
+    // The revoked stranger is refused.
+    let report = client
+        .upload_descriptor(&descriptor(
+            7,
+            murmur_wire::Role::Mix,
+            20_500,
+            e,
+            3,
+            now_secs(),
+        ))
+        .await;
+    assert!(!report.all_accepted(), "{report}");
+    assert_eq!(
+        metric(
+            addr,
+            "murmur_directory_descriptors_refused_total{reason=\"not_admitted\"}"
+        )
+        .await,
+        1.0
+    );
     let doc = eventually(15, "bootstrap document", || async {
         client.fetch(e, now_secs()).await.ok()
     })

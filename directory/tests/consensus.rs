@@ -154,6 +154,7 @@ async fn devnet_bootstrap_with_one_hour_epochs_and_default_timing() {
     let mut handles = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let mut cfg = murmur_directory::AuthorityConfig::new(dirs[i].path());
+        admit_test_nodes(&mut cfg);
         cfg.threshold = 2;
         cfg.peers = (0..3)
             .filter(|j| *j != i)

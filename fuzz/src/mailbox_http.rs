@@ -107,6 +107,7 @@ fn state() -> &'static State {
             ApiConfig {
                 max_queues: 64,
                 nonce_cache_capacity: 1024,
+                ..ApiConfig::default()
             },
         ));
         State {

@@ -14,28 +14,35 @@
 //! | 404 | `unknown_queue` | no such queue |
 //! | 409 | `replayed` | the nonce was seen for this queue (or owner key) within the window |
 //! | 413 | `too_large` | the body is over `MAX_REQUEST_SIZE` bytes |
+//! | 429 | `throttled` | this queue (or creating key) sent so many requests that the replay cache forgot some signed at or before this one's timestamp; sign a new one |
+//! | 429 | `rate_limited` | creation refused: this client address created its share of queues; retry later |
 //! | 503 | `queue_cap` | creation refused: the provider holds its maximum number of queues |
-//! | 503 | `busy` | the replay cache is full of live nonces; retry later |
+//! | 503 | `busy` | creation refused: the provider created its share of queues for now; or the replay cache, full of single requests, forgot requests this old |
 //! | 404/405 | `not_found` | unknown path or method |
 //! | 500 | `internal` | storage failed (logged) |
 //!
-//! Checks run in this order: size, decoding, timestamp, queue lookup,
-//! signature, nonce. A nonce is remembered only once the signature has
-//! verified, so nobody but the owner can use up the owner's nonces.
+//! Checks run in this order: size, decoding, (creation: the address's
+//! creation budget,) timestamp, queue lookup, signature, (creation: the
+//! provider's creation budget,) nonce. A nonce is remembered only once the
+//! signature has verified, so nobody but the owner can use up the owner's
+//! nonces; the replay cache (`nonce.rs`) keeps a window per queue and
+//! makes a flooding queue pay for its own flood.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use murmur_directory::clock::Clock;
-use murmur_directory::http::{HttpResponse, POSTCARD, read_body, response, text};
+use murmur_directory::http::{HttpResponse, POSTCARD, read_body, remote_addr, response, text};
 use murmur_wire::mailbox::{
     CreateQueueResponse, FRESHNESS_WINDOW_SECS, MAX_DELETE, MAX_REQUEST_SIZE, OwnerOp, OwnerReply,
     OwnerResponse, RequestDigest, SignedCreateQueue, SignedOwnerRequest,
 };
 use murmur_wire::{IdentityKey, QueueId};
 
+use crate::limits::{CreationLimiter, Limited, QueueUsage};
 use crate::metrics::Metrics;
 use crate::nonce::{NonceCache, NonceCheck, Scope};
 use crate::store::{CreateOutcome, Store};
@@ -45,8 +52,21 @@ use crate::store::{CreateOutcome, Store};
 pub struct ApiConfig {
     /// Queues the provider holds at most; creation beyond is refused (503).
     pub max_queues: u64,
-    /// Nonces remembered at most (each for at most twice the freshness window).
+    /// Requests remembered at most, in all (each until its timestamp is
+    /// older than the freshness window).
     pub nonce_cache_capacity: usize,
+    /// Requests remembered per queue (or creating owner key) at most: a
+    /// queue sending more forgets its oldest and is throttled for requests
+    /// that old.
+    pub nonces_per_queue: usize,
+    /// Queues one client address (IPv4 address, IPv6 /64) may create at once.
+    pub create_burst_per_address: u32,
+    /// Queues one client address may create per hour after its burst.
+    pub create_per_address_per_hour: u32,
+    /// Queues the provider creates at once, from all addresses.
+    pub create_burst: u32,
+    /// Queues the provider creates per hour after that burst.
+    pub create_per_hour: u32,
 }
 
 impl Default for ApiConfig {
@@ -54,6 +74,11 @@ impl Default for ApiConfig {
         Self {
             max_queues: 1_000_000,
             nonce_cache_capacity: 200_000,
+            nonces_per_queue: 1024,
+            create_burst_per_address: 20,
+            create_per_address_per_hour: 60,
+            create_burst: 200,
+            create_per_hour: 36_000,
         }
     }
 }
@@ -107,6 +132,8 @@ pub struct Api {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     nonces: NonceCache,
+    limiter: CreationLimiter,
+    usage: Arc<QueueUsage>,
     config: ApiConfig,
     /// Requests signed before this (unix seconds) are refused: the nonce
     /// cache is in memory and starts empty, so this keeps a request captured
@@ -151,11 +178,29 @@ impl Api {
             store,
             clock,
             metrics,
-            nonces: NonceCache::new(config.nonce_cache_capacity),
+            nonces: NonceCache::new(
+                config.nonce_cache_capacity,
+                config.nonces_per_queue,
+                FRESHNESS_WINDOW_SECS,
+            ),
+            limiter: CreationLimiter::new(
+                config.create_burst_per_address,
+                config.create_per_address_per_hour,
+                config.create_burst,
+                config.create_per_hour,
+            ),
+            usage: Arc::new(QueueUsage::default()),
             config,
             not_before,
             health: None,
         }
+    }
+
+    /// The record of owner requests per queue, which the reaper writes to
+    /// the store before it expires queues nobody used
+    /// ([`crate::reaper::run_reaper`]).
+    pub fn queue_usage(&self) -> Arc<QueueUsage> {
+        self.usage.clone()
     }
 
     /// Makes `/healthz` answer what `check` says instead of a plain `ok`
@@ -198,10 +243,13 @@ impl Api {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
         let method = req.method().clone();
         let result = match (method, req.uri().path()) {
-            (Method::POST, "/v1/queues") => match self.body(req).await {
-                Ok(body) => self.create(&body).await,
-                Err(r) => Err(r),
-            },
+            (Method::POST, "/v1/queues") => {
+                let from = remote_addr(&req);
+                match self.body(req).await {
+                    Ok(body) => self.create(&body, from).await,
+                    Err(r) => Err(r),
+                }
+            }
             (Method::POST, "/v1/queue") => match self.body(req).await {
                 Ok(body) => self.owner(&body).await,
                 Err(r) => Err(r),
@@ -274,24 +322,32 @@ impl Api {
         timestamp: u64,
         now: u64,
     ) -> Result<(), Refusal> {
-        match self.nonces.check(
-            scope,
-            nonce,
-            timestamp.saturating_add(FRESHNESS_WINDOW_SECS),
-            now,
-        ) {
+        let checked = self.nonces.check(scope, nonce, timestamp, now, |why| {
+            self.metrics.nonce_evicted(why);
+        });
+        self.metrics.nonces.set(self.nonces.len() as i64);
+        match checked {
             NonceCheck::Fresh => Ok(()),
             NonceCheck::Replayed => Err(refuse(
                 StatusCode::CONFLICT,
                 "replayed",
                 "replayed request: this nonce was already used",
             )),
-            NonceCheck::Full => Err(refuse(
+            NonceCheck::Throttled => Err(refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                "too many requests for this queue: requests signed this early can no longer be checked for replays; sign a new one",
+            )),
+            NonceCheck::Busy => Err(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "busy",
-                "too many recent requests to check for replays; retry later",
+                "too many recent requests to check one signed this early for replays; sign a new one",
             )),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().as_millis()).unwrap_or(u64::MAX)
     }
 
     async fn blocking<T: Send + 'static>(
@@ -306,10 +362,20 @@ impl Api {
         }
     }
 
-    async fn create(&self, body: &[u8]) -> Result<HttpResponse, Refusal> {
+    async fn create(&self, body: &[u8], from: Option<SocketAddr>) -> Result<HttpResponse, Refusal> {
         let signed = SignedCreateQueue::from_bytes(body).map_err(wire_refusal)?;
+        // The address's budget first: a flood from one address costs no
+        // signature checks once its budget is spent.
+        if let Some(from) = from {
+            self.limiter
+                .check_address(from.ip(), self.now_ms())
+                .map_err(limited)?;
+        }
         let req = signed.verify().map_err(wire_refusal)?;
         let now = self.check_time(req.timestamp)?;
+        // The provider's budget after the signature (junk cannot spend it)
+        // and before the nonce (which bounds the creation nonces held).
+        self.limiter.check_total(self.now_ms()).map_err(limited)?;
         let mut scope = [0u8; 33];
         scope[1..].copy_from_slice(&req.owner.0);
         self.check_nonce(scope, req.nonce, req.timestamp, now)?;
@@ -361,6 +427,8 @@ impl Api {
         let mut scope = [1u8; 33];
         scope[1..].copy_from_slice(queue.as_bytes());
         self.check_nonce(scope, req.nonce, req.timestamp, now)?;
+        // An authenticated, fresh owner request: the queue is in use.
+        self.usage.touch(queue, now);
         let reply = match req.op {
             OwnerOp::Fetch { limit: 0, .. } => {
                 return Err(refuse(
@@ -412,6 +480,21 @@ impl Api {
             }
             .to_bytes(),
         )
+    }
+}
+
+fn limited(why: Limited) -> Refusal {
+    match why {
+        Limited::Address => refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many queues created from this address; retry later",
+        ),
+        Limited::Total => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many queues are being created; retry later",
+        ),
     }
 }
 

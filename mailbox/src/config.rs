@@ -111,9 +111,16 @@ listen = "{http_listen}"
 {http_public}
 # HTTP connections served at once; more wait in the accept queue.
 max_connections = {http_max}
-# Seconds a client has to complete its link handshake, and then to send its
-# request headers.
+# HTTP connections served at once from one address (an IPv4 address, or an
+# IPv6 /64); more are closed as soon as they are accepted, so that one host
+# cannot take every slot.
+max_connections_per_address = {http_per_address}
+# Seconds a client has to complete its link handshake, then to send each
+# request's headers (also how long an idle kept-alive connection stays
+# open), and then its request body. A client that trickles bytes
+# (slowloris) is closed then.
 header_timeout_secs = {http_header}
+body_timeout_secs = {http_body}
 # Seconds one HTTP connection may live.
 connection_timeout_secs = {http_conn}
 
@@ -128,6 +135,13 @@ queue_max_bytes = {qmb}
 # Seconds an entry is kept, fetched or not; the reaper then deletes it, and
 # with it the record that recognises a retransmission of it.
 retention_secs = {retention}
+# Seconds a queue may go unused by its owner (no creation, fetch,
+# acknowledgement or deletion request) before the reaper deletes it with
+# everything in it. Keeps abandoned and mass-created queues from holding
+# the api.max_queues slots for good. Keep it longer than retention_secs (a
+# warning at start otherwise): a client offline this long loses the queue,
+# with what it held, and must make a new one.
+queue_idle_secs = {queue_idle}
 # Seconds between reaper passes.
 reap_interval_secs = {reap_interval}
 # Expired entries deleted per reaper transaction at most.
@@ -141,9 +155,21 @@ max_batch = {max_batch}
 [api]
 # Queues this provider holds at most; creation beyond is refused with 503.
 max_queues = {max_queues}
-# Request nonces remembered at most to refuse replays; when full of live
-# nonces, requests are refused with 503 until some expire.
+# Signed requests remembered to refuse replays, in all and per queue (or
+# creating key), each for the 120 s freshness window. A queue that sends
+# more than its share forgets its own oldest requests and has requests
+# signed that early refused (429 throttled); when the cache is full, the
+# queue holding the most pays. One owner's flood cannot refuse others.
+# (nonces_per_queue is at most nonce_cache_capacity.)
 nonce_cache_capacity = {nonces}
+nonces_per_queue = {nonces_per_queue}
+# Queue creation budgets (token buckets): per client address (an IPv4
+# address, or an IPv6 /64) a burst, then so many per hour (more: 429); and
+# for the whole provider (more: 503).
+create_burst_per_address = {cbpa}
+create_per_address_per_hour = {cpaph}
+create_burst = {cb}
+create_per_hour = {cph}
 "#,
         data_dir = d.data_dir.display(),
         key_file = d.identity_key_file.display(),
@@ -153,17 +179,25 @@ nonce_cache_capacity = {nonces}
         http_listen = o.http_listen,
         http_public = optional("public_addr", o.http_public_addr, "203.0.113.7:7480"),
         http_max = h.max_connections,
+        http_per_address = h.max_connections_per_address,
         http_header = h.header_timeout_secs,
+        http_body = h.body_timeout_secs,
         http_conn = h.connection_timeout_secs,
         qmm = s.queue_max_messages,
         qmb = s.queue_max_bytes,
         retention = s.retention_secs,
+        queue_idle = s.queue_idle_secs,
         reap_interval = s.reap_interval_secs,
         reap_batch = s.reap_batch,
         wqc = s.write_queue_capacity,
         max_batch = s.max_batch,
         max_queues = d.api.max_queues,
         nonces = d.api.nonce_cache_capacity,
+        nonces_per_queue = d.api.nonces_per_queue,
+        cbpa = d.api.create_burst_per_address,
+        cpaph = d.api.create_per_address_per_hour,
+        cb = d.api.create_burst,
+        cph = d.api.create_per_hour,
     )
 }
 
@@ -232,20 +266,27 @@ pub struct HttpConfig {
     pub public_addr: Option<SocketAddr>,
     /// Connections at once.
     pub max_connections: usize,
+    /// Connections at once from one address (IPv4 address or IPv6 /64).
+    pub max_connections_per_address: usize,
     /// Seconds to send request headers.
     pub header_timeout_secs: u64,
+    /// Seconds to send a request body once the headers are in.
+    pub body_timeout_secs: u64,
     /// Seconds a connection may live.
     pub connection_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
+        let d = ServerLimits::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
             public_addr: None,
-            max_connections: 256,
-            header_timeout_secs: 10,
-            connection_timeout_secs: 60,
+            max_connections: d.max_connections,
+            max_connections_per_address: d.max_connections_per_address,
+            header_timeout_secs: d.header_timeout.as_secs(),
+            body_timeout_secs: d.body_timeout.as_secs(),
+            connection_timeout_secs: d.connection_timeout.as_secs(),
         }
     }
 }
@@ -255,7 +296,9 @@ impl HttpConfig {
     pub fn limits(&self) -> ServerLimits {
         ServerLimits {
             max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
             header_timeout: Duration::from_secs(self.header_timeout_secs),
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
             connection_timeout: Duration::from_secs(self.connection_timeout_secs),
         }
     }
@@ -271,6 +314,9 @@ pub struct StorageConfig {
     pub queue_max_bytes: u64,
     /// Seconds entries are kept.
     pub retention_secs: u64,
+    /// A queue its owner has not used (created, fetched, acknowledged) for
+    /// this many seconds is deleted with its entries.
+    pub queue_idle_secs: u64,
     /// Seconds between reaper passes.
     pub reap_interval_secs: u64,
     /// Expiry records per reaper transaction.
@@ -289,6 +335,7 @@ impl Default for StorageConfig {
             queue_max_messages: quota.max_messages,
             queue_max_bytes: quota.max_bytes,
             retention_secs: 14 * 24 * 3600,
+            queue_idle_secs: 60 * 24 * 3600,
             reap_interval_secs: 60,
             reap_batch: 10_000,
             write_queue_capacity: writer.queue_capacity,
@@ -321,8 +368,18 @@ impl StorageConfig {
 pub struct ApiSection {
     /// Queues at most.
     pub max_queues: u64,
-    /// Nonces remembered at most.
+    /// Requests remembered at most (replay cache), in all.
     pub nonce_cache_capacity: usize,
+    /// Requests remembered per queue (or creating key) at most.
+    pub nonces_per_queue: usize,
+    /// Queues one client address may create at once.
+    pub create_burst_per_address: u32,
+    /// Queues one client address may create per hour after its burst.
+    pub create_per_address_per_hour: u32,
+    /// Queues the provider creates at once, from all addresses.
+    pub create_burst: u32,
+    /// Queues the provider creates per hour after that burst.
+    pub create_per_hour: u32,
 }
 
 impl Default for ApiSection {
@@ -331,6 +388,11 @@ impl Default for ApiSection {
         Self {
             max_queues: api.max_queues,
             nonce_cache_capacity: api.nonce_cache_capacity,
+            nonces_per_queue: api.nonces_per_queue,
+            create_burst_per_address: api.create_burst_per_address,
+            create_per_address_per_hour: api.create_per_address_per_hour,
+            create_burst: api.create_burst,
+            create_per_hour: api.create_per_hour,
         }
     }
 }
@@ -341,6 +403,11 @@ impl ApiSection {
         ApiConfig {
             max_queues: self.max_queues,
             nonce_cache_capacity: self.nonce_cache_capacity,
+            nonces_per_queue: self.nonces_per_queue,
+            create_burst_per_address: self.create_burst_per_address,
+            create_per_address_per_hour: self.create_per_address_per_hour,
+            create_burst: self.create_burst,
+            create_per_hour: self.create_per_hour,
         }
     }
 }
@@ -387,7 +454,8 @@ impl Config {
     /// Refuses values the provider cannot run with.
     pub fn validate(&self) -> Result<()> {
         let s = &self.storage;
-        let checks: [(bool, &str); 8] = [
+        let a = &self.api;
+        let checks: [(bool, &str); 10] = [
             (
                 s.queue_max_messages == 0,
                 "storage.queue_max_messages must be at least 1",
@@ -410,12 +478,20 @@ impl Config {
                 "storage.write_queue_capacity and storage.max_batch must be at least 1",
             ),
             (
-                self.api.max_queues == 0 || self.api.nonce_cache_capacity == 0,
-                "api.max_queues and api.nonce_cache_capacity must be at least 1",
+                a.max_queues == 0 || a.nonce_cache_capacity == 0 || a.nonces_per_queue == 0,
+                "api.max_queues, api.nonce_cache_capacity and api.nonces_per_queue must be at least 1",
             ),
             (
-                self.http.max_connections == 0,
-                "http.max_connections must be at least 1",
+                a.create_burst_per_address == 0 || a.create_burst == 0,
+                "api.create_burst_per_address and api.create_burst must be at least 1",
+            ),
+            (
+                s.queue_idle_secs == 0,
+                "storage.queue_idle_secs must be at least 1",
+            ),
+            (
+                self.http.max_connections == 0 || self.http.max_connections_per_address == 0,
+                "http.max_connections and http.max_connections_per_address must be at least 1",
             ),
         ];
         for (bad, msg) in checks {
@@ -423,6 +499,10 @@ impl Config {
                 return Err(Error::ConfigValue(msg.to_owned()));
             }
         }
+        self.http
+            .limits()
+            .check()
+            .map_err(|e| Error::ConfigValue(format!("http: {e}")))?;
         self.keys
             .check(self.network.epoch_secs)
             .map_err(node_config)?;
@@ -523,7 +603,7 @@ mod tests {
             http_public_addr: Some("192.0.2.1:7480".parse().unwrap()),
             operator_addr: "127.0.0.1:9482".parse().unwrap(),
             authorities: vec![pin()],
-            threshold: 1,
+            threshold: 0,
         };
         let text = example_config(&options);
         let parsed = Config::parse(&text, Path::new("example.toml")).unwrap();
@@ -579,7 +659,7 @@ mod tests {
         let engine = value["engine"].as_table().unwrap();
         assert_eq!(engine.len(), 16);
         let replay = value["replay"].as_table().unwrap();
-        assert_eq!(replay.len(), 4);
+        assert_eq!(replay.len(), 6);
     }
 
     #[test]

@@ -277,6 +277,13 @@ async fn start_inner(
     shutdown: &CancellationToken,
 ) -> Result<MailboxHandle> {
     config.validate()?;
+    if config.storage.queue_idle_secs <= config.storage.retention_secs {
+        tracing::warn!(
+            queue_idle_secs = config.storage.queue_idle_secs,
+            retention_secs = config.storage.retention_secs,
+            "storage.queue_idle_secs is not longer than storage.retention_secs: a queue whose owner is away can be deleted with entries still within their retention"
+        );
+    }
     let node_id = IdentityKey::from(&identity.verifying_key()).node_id();
     let link_key = Arc::new(LinkSecretKey::derive(&identity.to_bytes()));
     private_dir(&config.data_dir)?;
@@ -417,6 +424,7 @@ async fn start_inner(
             }
         }
     };
+    let queue_usage = api.queue_usage();
     let http_task = {
         let api = api.clone();
         tokio::spawn(serve_with(
@@ -424,6 +432,7 @@ async fn start_inner(
             accept,
             move |req| api.clone().handle(req),
             config.http.limits(),
+            metrics.http_server().clone(),
             shutdown.clone(),
         ))
     };
@@ -458,7 +467,9 @@ async fn start_inner(
             retention: Duration::from_secs(config.storage.retention_secs),
             interval: Duration::from_secs(config.storage.reap_interval_secs),
             batch: config.storage.reap_batch,
+            queue_idle: Duration::from_secs(config.storage.queue_idle_secs),
         },
+        queue_usage,
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -641,8 +652,10 @@ fn private_dir(dir: &Path) -> Result<()> {
 
 /// Writes `DIR/mailbox.toml` (the commented example configuration with
 /// `options`) and a new identity key `DIR/identity.key` (0600). Refuses to
-/// overwrite either. Returns the configuration's path and the node id.
-pub fn init_dir(dir: &Path, options: &ExampleOptions) -> Result<(PathBuf, NodeId)> {
+/// overwrite either. Returns the configuration's path and the identity
+/// (public) key, which directory operators admit and whose node id names
+/// the provider.
+pub fn init_dir(dir: &Path, options: &ExampleOptions) -> Result<(PathBuf, IdentityKey)> {
     let config_path = dir.join("mailbox.toml");
     let text = example_config(options);
     // Never write what `run` would refuse.
@@ -669,10 +682,7 @@ pub fn init_dir(dir: &Path, options: &ExampleOptions) -> Result<(PathBuf, NodeId
         true,
     )?;
     write_new(&config_path, text.as_bytes(), false)?;
-    Ok((
-        config_path,
-        IdentityKey::from(&key.verifying_key()).node_id(),
-    ))
+    Ok((config_path, IdentityKey::from(&key.verifying_key())))
 }
 
 fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<()> {

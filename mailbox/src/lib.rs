@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 mod daemon;
 mod error;
+pub mod limits;
 pub mod metrics;
 mod nonce;
 pub mod provider;

@@ -58,8 +58,9 @@ enum Command {
         /// A directory authority, as ADDR=BASE58KEY (repeat for each).
         #[arg(long = "authority", value_name = "ADDR=KEY")]
         authorities: Vec<String>,
-        /// How many authorities must sign a consensus.
-        #[arg(long, default_value_t = 1)]
+        /// How many authorities must sign a consensus (0: a majority of
+        /// those given).
+        #[arg(long, default_value_t = 0)]
         threshold: usize,
     },
     /// Runs the provider until SIGINT or SIGTERM.
@@ -103,10 +104,14 @@ fn main() -> anyhow::Result<()> {
                 authorities,
                 threshold,
             };
-            let (config, node_id) = init_dir(&dir, &options)
+            let (config, identity) = init_dir(&dir, &options)
                 .with_context(|| format!("initialising {}", dir.display()))?;
             println!("wrote {} and a new identity key", config.display());
-            println!("node id: {node_id}");
+            println!("identity key: {identity}");
+            println!("node id: {}", identity.node_id());
+            println!(
+                "directory operators list the provider once admitted: murmur-directory admit --config FILE {identity}"
+            );
             if no_authorities {
                 println!("add the directory authorities to [directory] before `run`");
             }

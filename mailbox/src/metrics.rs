@@ -6,6 +6,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
+use murmur_directory::http::HttpServerMetrics;
 use murmur_wire::mailbox::QueueItem;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -69,18 +70,24 @@ impl Kind {
 }
 
 /// Reasons the fetch API refuses a request, as metric labels.
-pub(crate) const API_ERRORS: [&str; 10] = [
+pub(crate) const API_ERRORS: [&str; 12] = [
     "malformed",
     "bad_signature",
     "stale",
     "replayed",
     "unknown_queue",
     "too_large",
+    "throttled",
+    "rate_limited",
     "queue_cap",
     "busy",
     "not_found",
     "internal",
 ];
+
+/// Why the replay cache forgot a request, as metric labels (see
+/// `nonce.rs`).
+const EVICTIONS: [&str; 3] = ["scope_full", "cache_full", "global"];
 
 /// Every metric of a provider, registered in one [`Registry`].
 #[derive(Debug)]
@@ -110,6 +117,10 @@ pub struct Metrics {
     pub(crate) queues: Gauge<u64, AtomicU64>,
     api_errors: Counters,
     api_handshakes: Counters,
+    nonce_evictions: [Counter; 3],
+    pub(crate) nonces: Gauge,
+    pub(crate) queues_expired: Counter,
+    http: HttpServerMetrics,
 }
 
 fn per_outcome(family: &Counters) -> [Counter; 6] {
@@ -154,7 +165,16 @@ impl Metrics {
             "Link handshakes on the fetch API's listener that failed, by reason (timeout, io, bad_message1..3)",
             api_handshakes.clone(),
         );
+        let evictions = Counters::default();
+        registry.register(
+            "nonce_evictions",
+            "Requests the replay cache forgot to make room, by reason (scope_full: the queue's own window; cache_full: the largest queue paid; global: no queue held more than one)",
+            evictions.clone(),
+        );
         let m = Self {
+            nonce_evictions: EVICTIONS.map(|r| evictions.get_or_create_owned(&[("reason", r)])),
+            nonces: Gauge::default(),
+            queues_expired: Counter::default(),
             deposits: per_outcome(&deposits),
             loops: per_outcome(&loops),
             replies: per_outcome(&replies),
@@ -175,6 +195,7 @@ impl Metrics {
             queues: Gauge::default(),
             api_errors,
             api_handshakes,
+            http: HttpServerMetrics::default(),
             registry,
             node: OnceLock::new(),
         };
@@ -240,7 +261,40 @@ impl Metrics {
             self.reaped.clone(),
         );
         r.register("queues", "Queues that exist", self.queues.clone());
+        r.register(
+            "queues_expired",
+            "Queues deleted by the reaper because their owner had not used them for storage.queue_idle_secs",
+            self.queues_expired.clone(),
+        );
+        r.register(
+            "nonces",
+            "Requests the replay cache holds (and queues kept only for their floor)",
+            self.nonces.clone(),
+        );
+        self.http.register(r);
         self
+    }
+
+    pub(crate) fn nonce_evicted(&self, why: crate::nonce::Eviction) {
+        use crate::nonce::Eviction;
+        let i = match why {
+            Eviction::ScopeFull => 0,
+            Eviction::CacheFull => 1,
+            Eviction::Global => 2,
+        };
+        self.nonce_evictions[i].inc();
+    }
+
+    /// Requests the replay cache forgot to make room, by reason:
+    /// (own window full, largest queue paid, global floor).
+    pub fn nonce_evictions(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.nonce_evictions[i].get())
+    }
+
+    /// The fetch API listener's counters (connections, per-address
+    /// refusals, timeouts), registered with the provider's own.
+    pub fn http_server(&self) -> &HttpServerMetrics {
+        &self.http
     }
 
     /// The registry of the provider's own metrics.
@@ -306,6 +360,18 @@ impl Metrics {
             .iter()
             .position(|o| *o == outcome)
             .map_or(0, |i| self.deposits[i].get())
+    }
+
+    /// Fetch API refusals with the given reason label so far.
+    pub fn api_errors(&self, reason: &str) -> u64 {
+        API_ERRORS.iter().find(|r| **r == reason).map_or(0, |r| {
+            self.api_errors.get_or_create(&[("reason", *r)]).get()
+        })
+    }
+
+    /// Queues deleted by the reaper because nobody used them.
+    pub fn queues_expired(&self) -> u64 {
+        self.queues_expired.get()
     }
 
     /// Group-commit transactions so far, and the items they held.

@@ -13,6 +13,8 @@
 //! | `entries` | queue id (32) ‖ seq (8) | kind (1) ‖ id (16) ‖ bytes (body or sealed reply; none for a loop) |
 //! | `dedup` | queue id (32) ‖ kind (1) ‖ id (16) | seq the item was stored under |
 //! | `expiry` | stored-at (8) ‖ queue id (32) ‖ seq (8) | kind (1) ‖ id (16) |
+//! | `queue_used` | queue id (32) | last used (8): creation or an owner request |
+//! | `idle` | last used (8) ‖ queue id (32) | — (the index the reaper expires unused queues by) |
 //!
 //! The dedup kinds are 1 = deposit (message id), 2 = SURB reply (SURB id),
 //! 3 = loop (loop id). A dedup record outlives the owner's acknowledgement of
@@ -20,6 +22,11 @@
 //! the message is still recognised (and acknowledged) until the retention
 //! time has passed; the reaper then removes the entry (if still there) and
 //! its dedup record together, driven by the `expiry` index.
+//!
+//! `queue_used` and `idle` were added without a schema change (schema 1): a
+//! database without them gets them at open, every existing queue counted as
+//! used at that moment (meta key `"idle_index"` marks it done). An older
+//! build ignores them.
 //!
 //! Every write is one redb transaction committed with
 //! [`redb::Durability::Immediate`]: when a method returns `Ok`, its effect
@@ -44,6 +51,12 @@ const QUEUES: TableDefinition<&[u8; 32], &[u8; QUEUE_RECORD_LEN]> = TableDefinit
 const ENTRIES: TableDefinition<&[u8; 40], &[u8]> = TableDefinition::new("entries");
 const DEDUP: TableDefinition<&[u8; 49], u64> = TableDefinition::new("dedup");
 const EXPIRY: TableDefinition<&[u8; 48], &[u8; 17]> = TableDefinition::new("expiry");
+const QUEUE_USED: TableDefinition<&[u8; 32], u64> = TableDefinition::new("queue_used");
+const IDLE: TableDefinition<&[u8; 40], ()> = TableDefinition::new("idle");
+
+/// A queue's last use is written again only once it is this much newer
+/// (seconds), so that owners fetching every second do not each cost a write.
+pub const TOUCH_GRANULARITY_SECS: u64 = 3600;
 
 const QUEUE_RECORD_LEN: usize = 64;
 
@@ -197,6 +210,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of queues.
     fn queue_count(&self) -> Result<u64>;
+
+    /// Records that each queue of `used` was used (by its owner) at the
+    /// time given; a time older than, or within
+    /// [`TOUCH_GRANULARITY_SECS`] of, the recorded one is not written.
+    /// Unknown queues are skipped. Returns how many records were written.
+    fn touch_queues(&self, used: &[(QueueId, u64)]) -> Result<u64>;
+
+    /// Deletes (as [`Store::delete_queue`]) up to `max_queues` queues not
+    /// used since before `unused_since` (unix seconds): neither created nor
+    /// touched since. Returns how many were deleted.
+    fn expire_idle(&self, unused_since: u64, max_queues: usize) -> Result<u64>;
 }
 
 trait Ctx<T> {
@@ -243,6 +267,39 @@ fn dedup_key(queue: &[u8; 32], tag: &[u8; 17]) -> [u8; 49] {
     k[..32].copy_from_slice(queue);
     k[32..].copy_from_slice(tag);
     k
+}
+
+fn idle_key(used_at: u64, queue: &[u8; 32]) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&used_at.to_be_bytes());
+    k[8..].copy_from_slice(queue);
+    k
+}
+
+/// Removes a queue's entries and dedup records (inside a transaction that
+/// removed its record).
+fn delete_queue_contents(txn: &WriteTransaction, q: &[u8; 32]) -> Result<()> {
+    let mut entries = txn.open_table(ENTRIES).during("opening tables")?;
+    entries
+        .retain_in::<&[u8; 40], _>(&entry_key(q, 0)..=&entry_key(q, u64::MAX), |_, _| false)
+        .during("deleting entries")?;
+    let mut dedup = txn.open_table(DEDUP).during("opening tables")?;
+    dedup
+        .retain_in::<&[u8; 49], _>(
+            &dedup_key(q, &[0u8; 17])..=&dedup_key(q, &[0xff; 17]),
+            |_, _| false,
+        )
+        .during("deleting dedup records")?;
+    // Expiry records of this queue stay until the reaper reaches them; they
+    // then find nothing to delete.
+    let mut used = txn.open_table(QUEUE_USED).during("opening tables")?;
+    if let Some(at) = used.remove(q).during("deleting a queue's last use")? {
+        let at = at.value();
+        let mut idle = txn.open_table(IDLE).during("opening tables")?;
+        idle.remove(&idle_key(at, q))
+            .during("deleting a queue's idle record")?;
+    }
+    Ok(())
 }
 
 fn expiry_key(stored_at: u64, queue: &[u8; 32], seq: u64) -> [u8; 48] {
@@ -333,6 +390,31 @@ impl RedbStore {
             txn.open_table(ENTRIES).during("opening tables")?;
             txn.open_table(DEDUP).during("opening tables")?;
             txn.open_table(EXPIRY).during("opening tables")?;
+            txn.open_table(QUEUE_USED).during("opening tables")?;
+            txn.open_table(IDLE).during("opening tables")?;
+            let indexed = meta
+                .get("idle_index")
+                .during("reading the idle index marker")?
+                .is_some();
+            if !indexed {
+                // A database from before queue expiry: every queue counts as
+                // used now, so none is expired for the time it was not tracked.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let queues = txn.open_table(QUEUES).during("opening tables")?;
+                let mut used = txn.open_table(QUEUE_USED).during("opening tables")?;
+                let mut idle = txn.open_table(IDLE).during("opening tables")?;
+                for row in queues.iter().during("reading queues")? {
+                    let (k, _) = row.during("reading queues")?;
+                    let q = *k.value();
+                    used.insert(&q, now).during("indexing a queue's last use")?;
+                    idle.insert(&idle_key(now, &q), ())
+                        .during("indexing a queue's last use")?;
+                }
+                meta.insert("idle_index", 1)
+                    .during("writing the idle index marker")?;
+            }
         }
         txn.commit().during("creating tables")
     }
@@ -383,6 +465,12 @@ impl Store for RedbStore {
                 queues
                     .insert(queue.as_bytes(), &info.encode())
                     .during("creating a queue")?;
+                let mut used = txn.open_table(QUEUE_USED).during("opening tables")?;
+                used.insert(queue.as_bytes(), now)
+                    .during("recording a queue's last use")?;
+                let mut idle = txn.open_table(IDLE).during("opening tables")?;
+                idle.insert(&idle_key(now, queue.as_bytes()), ())
+                    .during("recording a queue's last use")?;
                 CreateOutcome::Created
             }
         };
@@ -574,20 +662,8 @@ impl Store for RedbStore {
                 txn.abort().during("aborting a queue deletion")?;
                 return Ok(false);
             }
-            let mut entries = txn.open_table(ENTRIES).during("opening tables")?;
-            entries
-                .retain_in::<&[u8; 40], _>(&entry_key(q, 0)..=&entry_key(q, u64::MAX), |_, _| false)
-                .during("deleting entries")?;
-            let mut dedup = txn.open_table(DEDUP).during("opening tables")?;
-            dedup
-                .retain_in::<&[u8; 49], _>(
-                    &dedup_key(q, &[0u8; 17])..=&dedup_key(q, &[0xff; 17]),
-                    |_, _| false,
-                )
-                .during("deleting dedup records")?;
-            // Expiry records of this queue stay until the reaper reaches
-            // them; they then find nothing to delete.
         }
+        delete_queue_contents(&txn, q)?;
         txn.commit().during("committing a queue deletion")?;
         Ok(true)
     }
@@ -663,6 +739,87 @@ impl Store for RedbStore {
         let txn = self.db.begin_read().during("starting a read")?;
         let queues = txn.open_table(QUEUES).during("opening tables")?;
         queues.len().during("counting queues")
+    }
+
+    fn touch_queues(&self, used: &[(QueueId, u64)]) -> Result<u64> {
+        if used.is_empty() {
+            return Ok(0);
+        }
+        let mut order: Vec<&(QueueId, u64)> = used.iter().collect();
+        order.sort_unstable();
+        let txn = self.begin()?;
+        let mut written = 0;
+        {
+            let mut last = txn.open_table(QUEUE_USED).during("opening tables")?;
+            let mut idle = txn.open_table(IDLE).during("opening tables")?;
+            for (queue, at) in order {
+                let q = queue.as_bytes();
+                let Some(old) = last
+                    .get(q)
+                    .during("reading a queue's last use")?
+                    .map(|v| v.value())
+                else {
+                    continue;
+                };
+                if *at < old.saturating_add(TOUCH_GRANULARITY_SECS) {
+                    continue;
+                }
+                last.insert(q, *at).during("recording a queue's last use")?;
+                idle.remove(&idle_key(old, q))
+                    .during("recording a queue's last use")?;
+                idle.insert(&idle_key(*at, q), ())
+                    .during("recording a queue's last use")?;
+                written += 1;
+            }
+        }
+        if written == 0 {
+            txn.abort().during("aborting a touch")?;
+        } else {
+            txn.commit().during("committing queue uses")?;
+        }
+        Ok(written)
+    }
+
+    fn expire_idle(&self, unused_since: u64, max_queues: usize) -> Result<u64> {
+        let txn = self.begin()?;
+        let due: Vec<[u8; 40]> = {
+            let idle = txn.open_table(IDLE).during("opening tables")?;
+            let mut due = Vec::new();
+            for row in idle
+                .range::<&[u8; 40]>(..&idle_key(unused_since, &[0u8; 32]))
+                .during("reading the idle index")?
+            {
+                if due.len() >= max_queues {
+                    break;
+                }
+                let (k, _) = row.during("reading the idle index")?;
+                due.push(*k.value());
+            }
+            due
+        };
+        if due.is_empty() {
+            txn.abort().during("aborting an idle pass")?;
+            return Ok(0);
+        }
+        let mut deleted = 0;
+        for k in &due {
+            let mut q = [0u8; 32];
+            q.copy_from_slice(&k[8..]);
+            let existed = {
+                let mut queues = txn.open_table(QUEUES).during("opening tables")?;
+                queues.remove(&q).during("deleting a queue")?.is_some()
+            };
+            // Removes the idle and last-use records too.
+            delete_queue_contents(&txn, &q)?;
+            {
+                // A stray index record (no last-use record) goes as well.
+                let mut idle = txn.open_table(IDLE).during("opening tables")?;
+                idle.remove(k).during("deleting an idle record")?;
+            }
+            deleted += u64::from(existed);
+        }
+        txn.commit().during("committing an idle pass")?;
+        Ok(deleted)
     }
 }
 

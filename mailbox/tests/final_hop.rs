@@ -316,6 +316,12 @@ impl Store for GatedStore {
     fn queue_count(&self) -> murmur_mailbox::Result<u64> {
         self.inner.queue_count()
     }
+    fn touch_queues(&self, used: &[(QueueId, u64)]) -> murmur_mailbox::Result<u64> {
+        self.inner.touch_queues(used)
+    }
+    fn expire_idle(&self, unused_since: u64, max_queues: usize) -> murmur_mailbox::Result<u64> {
+        self.inner.expire_idle(unused_since, max_queues)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

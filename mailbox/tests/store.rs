@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use murmur_directory::clock::{Clock, OffsetClock};
+use murmur_mailbox::limits::QueueUsage;
 use murmur_mailbox::reaper::{ReaperConfig, run_reaper};
 use murmur_mailbox::{CreateOutcome, InsertOutcome, Metrics, NewItem, Quota, RedbStore, Store};
 use murmur_wire::mailbox::QueueItem;
@@ -245,8 +246,11 @@ fn the_queue_cap_holds() {
 async fn the_reaper_task_runs_on_its_interval() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(&dir));
-    let q = make_queue(&store, 1);
     let clock = OffsetClock::new();
+    let q = QueueId::from_bytes([1; 32]);
+    store
+        .create_queue(&q, &IdentityKey([1; 32]), clock.now_secs(), 10)
+        .unwrap();
     store
         .insert_batch(&[deposit(q, 1)], clock.now_secs())
         .unwrap();
@@ -259,7 +263,9 @@ async fn the_reaper_task_runs_on_its_interval() {
             retention: Duration::from_secs(3600),
             interval: Duration::from_secs(60),
             batch: 10,
+            queue_idle: Duration::from_secs(100_000),
         },
+        Arc::new(QueueUsage::default()),
         metrics.clone(),
         shutdown.clone(),
     ));
@@ -271,6 +277,138 @@ async fn the_reaper_task_runs_on_its_interval() {
     clock.advance(Duration::from_secs(3601));
     tokio::time::sleep(Duration::from_secs(31)).await;
     assert!(store.fetch(&q, 0, 10).unwrap().unwrap().entries.is_empty());
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[test]
+fn queues_unused_for_the_idle_time_expire_with_their_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    // Created at 1000.
+    let (a, b, c) = (
+        make_queue(&store, 1),
+        make_queue(&store, 2),
+        make_queue(&store, 3),
+    );
+    store.insert_batch(&[deposit(b, 1)], 1000).unwrap();
+    // A's owner uses it later; a use within the granularity is not written.
+    let later = 1000 + murmur_mailbox::store::TOUCH_GRANULARITY_SECS;
+    assert_eq!(store.touch_queues(&[(a, 1001)]).unwrap(), 0);
+    let unknown = QueueId::from_bytes([9; 32]);
+    assert_eq!(
+        store.touch_queues(&[(a, later), (unknown, later)]).unwrap(),
+        1
+    );
+    // C is deleted by its owner: nothing left for the reaper.
+    assert!(store.delete_queue(&c).unwrap());
+    // Nothing is unused since before 1000.
+    assert_eq!(store.expire_idle(1000, 10).unwrap(), 0);
+    // B is unused since 1000; A since `later`.
+    assert_eq!(store.expire_idle(later, 10).unwrap(), 1);
+    assert!(store.queue(&b).unwrap().is_none());
+    assert!(store.fetch(&b, 0, 10).unwrap().is_none());
+    assert!(store.queue(&a).unwrap().is_some());
+    assert_eq!(store.queue_count().unwrap(), 1);
+    // Its deposit's dedup record went with it: a re-created queue of the
+    // same id starts empty and takes the deposit again.
+    store
+        .create_queue(&b, &IdentityKey([2; 32]), later + 5, 10)
+        .unwrap();
+    assert_eq!(
+        store.insert_batch(&[deposit(b, 1)], later + 5).unwrap(),
+        vec![InsertOutcome::Stored { seq: 1 }]
+    );
+    // Batches: at most `max_queues` per call.
+    assert_eq!(store.expire_idle(u64::MAX, 1).unwrap(), 1);
+    assert_eq!(store.expire_idle(u64::MAX, 1).unwrap(), 1);
+    assert_eq!(store.expire_idle(u64::MAX, 1).unwrap(), 0);
+}
+
+#[test]
+fn a_database_from_before_queue_expiry_counts_every_queue_as_used_at_upgrade() {
+    use redb::{ReadableDatabase, TableDefinition};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.redb");
+    // What an older build wrote: schema 1, a queue created in 1970, no
+    // last-use tables.
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn
+                .open_table(TableDefinition::<&str, u64>::new("meta"))
+                .unwrap();
+            meta.insert("schema", 1).unwrap();
+            let mut queues = txn
+                .open_table(TableDefinition::<&[u8; 32], &[u8; 64]>::new("queues"))
+                .unwrap();
+            let mut record = [0u8; 64];
+            record[32..40].copy_from_slice(&1000u64.to_be_bytes());
+            record[56..64].copy_from_slice(&1u64.to_be_bytes());
+            queues.insert(&[7u8; 32], &record).unwrap();
+        }
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        assert!(
+            read.open_table(TableDefinition::<&[u8; 32], u64>::new("queue_used"))
+                .is_err()
+        );
+    }
+    let store = open(&dir);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Not expired for its age: it counts as used at the upgrade.
+    assert_eq!(store.expire_idle(now - 60, 10).unwrap(), 0);
+    assert_eq!(store.queue_count().unwrap(), 1);
+    drop(store);
+    // Reopening does not index again.
+    let store = open(&dir);
+    assert_eq!(store.expire_idle(now + 3600, 10).unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reaper_expires_queues_nobody_uses_and_keeps_those_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&dir));
+    let clock = OffsetClock::new();
+    let now = clock.now_secs();
+    let (used, unused) = (QueueId::from_bytes([1; 32]), QueueId::from_bytes([2; 32]));
+    for q in [used, unused] {
+        store
+            .create_queue(&q, &IdentityKey([1; 32]), now, 10)
+            .unwrap();
+    }
+    let usage = Arc::new(QueueUsage::default());
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    let idle = Duration::from_secs(30 * 24 * 3600);
+    let task = tokio::spawn(run_reaper(
+        store.clone(),
+        Arc::new(clock.clone()),
+        ReaperConfig {
+            retention: Duration::from_secs(14 * 24 * 3600),
+            interval: Duration::from_secs(60),
+            batch: 10,
+            queue_idle: idle,
+        },
+        usage.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Twenty days on, the owner of one queue fetches (the fetch API records
+    // it); twenty more days on, only the other has been idle for thirty.
+    clock.advance(Duration::from_secs(20 * 24 * 3600));
+    usage.touch(used, clock.now_secs());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    clock.advance(Duration::from_secs(20 * 24 * 3600));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(store.queue(&unused).unwrap().is_none());
+    assert!(store.queue(&used).unwrap().is_some());
+    assert_eq!(metrics.queues_expired(), 1);
     shutdown.cancel();
     task.await.unwrap();
 }

@@ -87,7 +87,8 @@ pub struct AuthorityPin {
 pub struct DirectorySettings {
     /// The pinned authorities.
     pub authorities: Vec<AuthorityPin>,
-    /// How many of them must sign a consensus.
+    /// How many of them must sign a consensus; 0 (the default) means a
+    /// majority of them, ⌊n/2⌋ + 1 ([`DirectorySettings::effective_threshold`]).
     pub threshold: usize,
     /// Timeout of one request to an authority, ms.
     pub request_timeout_ms: u64,
@@ -97,13 +98,24 @@ impl Default for DirectorySettings {
     fn default() -> Self {
         Self {
             authorities: Vec::new(),
-            threshold: 1,
+            threshold: 0,
             request_timeout_ms: 5_000,
         }
     }
 }
 
 impl DirectorySettings {
+    /// The threshold in force: `threshold`, or when it is 0 a majority of
+    /// the pinned authorities (⌊n/2⌋ + 1), so that no single authority (nor
+    /// any minority) can make the node accept a document.
+    pub fn effective_threshold(&self) -> usize {
+        if self.threshold == 0 {
+            self.authorities.len() / 2 + 1
+        } else {
+            self.threshold
+        }
+    }
+
     /// The pinned authorities with their keys parsed.
     pub fn pins(&self) -> Result<Vec<(SocketAddr, IdentityKey)>> {
         self.authorities
@@ -132,7 +144,7 @@ impl DirectorySettings {
         }
         DirectoryClient::new(
             endpoints,
-            self.threshold,
+            self.effective_threshold(),
             HttpClient::new(Duration::from_millis(self.request_timeout_ms)),
         )
         .map_err(|source| Error::Directory {
@@ -145,11 +157,18 @@ impl DirectorySettings {
     /// registers needs at least one authority).
     pub fn check(&self) -> Result<()> {
         let pins = self.pins()?;
-        if !pins.is_empty() && (self.threshold == 0 || self.threshold > pins.len()) {
+        if self.threshold > pins.len() {
             return Err(Error::Config(format!(
-                "directory.threshold must be in 1..={}",
+                "directory.threshold must be in 0..={} (0: a majority of the authorities)",
                 pins.len()
             )));
+        }
+        if !pins.is_empty() && self.effective_threshold() <= pins.len() / 2 {
+            tracing::warn!(
+                threshold = self.threshold,
+                authorities = pins.len(),
+                "directory.threshold is not a majority of the pinned authorities: a minority of them could make this node accept a document"
+            );
         }
         if self.request_timeout_ms == 0 {
             return Err(Error::Config(
@@ -341,7 +360,9 @@ pub fn node_sections_example(x: &NodeSectionsExample<'_>) -> String {
 epoch_secs = {epoch_secs}
 
 [directory]
-# How many of the authorities below must sign a consensus.
+# How many of the authorities below must sign a consensus. 0 = a majority of
+# them (n/2 + 1, rounded down), which is what to use: with fewer, a minority
+# of the authorities could make this {who} accept a document.
 threshold = {threshold}
 # Timeout of one request to an authority, ms.
 request_timeout_ms = {req_ms}
@@ -394,12 +415,23 @@ reconnect_min_ms = {rmin}
 reconnect_max_ms = {rmax}
 
 [replay]
-# Packets per second this {who} expects; sizes the replay filter together
-# with the key lifetime (epoch + grace). Memory: about 3.6 bytes per tag at
-# 1e-6, per key epoch held (one or two).
+# Packets per second this {who} expects; sizes one replay filter segment
+# together with the key lifetime (epoch + grace). Memory: about 3.6 bytes
+# per tag at 1e-6. A full segment is followed by a new one, so a flood does
+# not saturate the filter (docs/mixnode.md, "Replay filter").
 expected_packet_rate = {rate:?}
-# Chance that a fresh packet is taken for a replay at the expected load.
+# Chance that a fresh packet is taken for a replay, per full segment.
 false_positive_rate = {fp:e}
+# The most packets per second this {who} can process: the chain of segments
+# may grow to hold that many for a whole key lifetime, so that no flood can
+# fill it within an epoch. 0 = measured at start (one worker's unwrap rate
+# times the cores the workers can use).
+max_packet_rate = {max_rate:?}
+# The most memory one key epoch's filters may take, MiB (one or two epochs
+# are held). If the capacity needs more, a flood at full capacity can
+# saturate the filter before the key rotates: counted
+# (replay_saturated_tags_total) and alarmed (replay_filter_saturated).
+max_memory_mib = {max_mib}
 # New replay tags are fsynced this often, ms: a crash loses at most this
 # much of the cache (those packets could be replayed once after a restart;
 # at a provider a replayed deposit is recognised and not stored twice).
@@ -432,6 +464,8 @@ snapshot_interval_secs = {snap}
         rmax = e.reconnect_max_ms,
         rate = r.expected_packet_rate,
         fp = r.false_positive_rate,
+        max_rate = r.max_packet_rate,
+        max_mib = r.max_memory_mib,
         fsync = r.fsync_interval_ms,
         snap = r.snapshot_interval_secs,
     )
@@ -457,7 +491,7 @@ mod tests {
             None,
             default_http_addr(),
             &[],
-            1,
+            0,
         );
         let cfg = MixNodeConfig::parse(&text, Path::new("x.toml")).unwrap();
         assert_eq!(cfg, MixNodeConfig::new("data"));
@@ -505,6 +539,22 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn the_default_threshold_is_a_majority_of_the_pins() {
+        let mut d = DirectorySettings::default();
+        assert_eq!(d.threshold, 0);
+        for (n, k) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)] {
+            d.authorities = vec![pin(); n];
+            assert_eq!(d.effective_threshold(), k, "n = {n}");
+            d.check().unwrap();
+        }
+        d.threshold = 1;
+        assert_eq!(d.effective_threshold(), 1);
+        d.check().unwrap();
+        d.threshold = 6;
+        assert!(d.check().is_err());
     }
 
     #[test]

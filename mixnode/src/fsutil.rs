@@ -50,6 +50,33 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Like [`write_private`], the contents written by `fill` (streamed, for
+/// files too large to build in memory first).
+pub(crate) fn write_private_with(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // An existing temporary file keeps its mode: force 0600.
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        fill(&mut f)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| Error::io("could not write", path, e))?;
+    sync_dir(dir)
+}
+
 /// Overwrites a file with zeros, syncs it, and removes it. On journaling or
 /// copy-on-write file systems and on SSDs the old blocks may survive the
 /// overwrite; the overwrite is a best effort on top of the removal.

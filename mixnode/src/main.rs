@@ -49,8 +49,9 @@ enum Command {
         /// A directory authority, as ADDR=BASE58KEY (repeat for each).
         #[arg(long = "authority", value_name = "ADDR=KEY")]
         authorities: Vec<String>,
-        /// How many authorities must sign a consensus.
-        #[arg(long, default_value_t = 1)]
+        /// How many authorities must sign a consensus (0: a majority of
+        /// those given).
+        #[arg(long, default_value_t = 0)]
         threshold: usize,
         /// Overwrite an existing configuration (an existing identity key is
         /// always kept).
@@ -161,6 +162,9 @@ fn init(
     println!("wrote {}", config_path.display());
     println!("identity key {identity}");
     println!("node id      {}", identity.node_id());
+    println!(
+        "directory operators list the node once admitted: murmur-directory admit --config FILE {identity}"
+    );
     if pins.is_empty() {
         println!("add the directory authorities to [directory] before `run`");
     }

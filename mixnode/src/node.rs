@@ -8,7 +8,9 @@ use std::time::Duration;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use murmur_directory::clock::Clock;
-use murmur_directory::http::{ServerLimits, metrics, spawn_server, text};
+use murmur_directory::http::{
+    HttpServerMetrics, ServerLimits, metrics, spawn_server_with_metrics, text,
+};
 use murmur_directory::spawn_follower;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::policy::epoch_at;
@@ -228,6 +230,8 @@ pub async fn start_mixnode_with_topology(
         &tracker,
     );
 
+    let http_metrics = HttpServerMetrics::default();
+    http_metrics.register(&mut registry);
     let registry = Arc::new(registry);
     let health = Health {
         node_id,
@@ -253,18 +257,25 @@ pub async fn start_mixnode_with_topology(
         max_connections: 32,
         ..ServerLimits::default()
     };
-    let (http_addr, server) =
-        match spawn_server(config.http_addr, handler, limits, shutdown.clone()).await {
-            Ok(v) => v,
-            Err(source) => {
-                shutdown.cancel();
-                engine.wait().await;
-                return Err(Error::Bind {
-                    addr: config.http_addr,
-                    source,
-                });
-            }
-        };
+    let (http_addr, server) = match spawn_server_with_metrics(
+        config.http_addr,
+        handler,
+        limits,
+        http_metrics,
+        shutdown.clone(),
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(source) => {
+            shutdown.cancel();
+            engine.wait().await;
+            return Err(Error::Bind {
+                addr: config.http_addr,
+                source,
+            });
+        }
+    };
     tracker.spawn(async move {
         let _ = server.await;
     });

@@ -41,6 +41,12 @@ async fn authority(
     cfg.params.mean_delay_ms = 1;
     cfg.params.max_delay_ms = 100;
     cfg.params.mix_loop_rate = 10.0;
+    // These tests are about the node: an open authority on loopback (the
+    // nodes' keys come from `init`). Admission is tested in murmur-directory.
+    cfg.admission.mode = murmur_directory::config::AdmissionMode::Open;
+    cfg.admission.allow_private_addresses = true;
+    cfg.admission.max_per_address = 64;
+    cfg.admission.max_per_subnet = 64;
     start_authority(cfg, identity(100), Arc::new(clock.clone()), stop.clone())
         .await
         .unwrap()

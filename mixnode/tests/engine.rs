@@ -435,6 +435,7 @@ async fn only_entry_mixes_take_links_from_clients() {
         &dir.path().join("mix"),
         topology.clone(),
         limits(),
+        replay_settings(),
         ClientPolicy::EntryLayer,
     );
     let sink = start_node(

@@ -348,6 +348,17 @@ pub struct Net {
     pub network: NetworkConfig,
 }
 
+/// The identity key `murmur-mixnode init` / `murmur-mailbox init` printed.
+fn identity_from(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("identity key"))
+        .unwrap_or_else(|| panic!("no identity key in {stdout:?}"));
+    let key = line.trim_start_matches(':').trim();
+    IdentityKey::from_base58(key).unwrap();
+    key.to_owned()
+}
+
 fn node_id_from(stdout: &str) -> NodeId {
     let line = stdout
         .lines()
@@ -455,6 +466,8 @@ impl Net {
                     ("params.client_loop_rate", float(0.0)),
                     ("params.mix_loop_rate", float(0.0)),
                     ("timing.bootstrap_window_ms", int(1000)),
+                    // Every node and client here connects from 127.0.0.1.
+                    ("limits.max_connections_per_address", int(256)),
                 ],
             );
         }
@@ -488,6 +501,7 @@ impl Net {
         };
 
         let mix_bin = daemon_bin("murmur-mixnode");
+        let mut node_keys = Vec::new();
         let mut mixes = Vec::new();
         for i in 0..3 * o.width {
             let name = format!("mix-{i}");
@@ -508,7 +522,9 @@ impl Net {
                 o.threshold.to_string(),
             ];
             args.extend(pins.iter().cloned());
-            let id = node_id_from(&run_tool(&mix_bin, &args));
+            let out = run_tool(&mix_bin, &args);
+            node_keys.push(identity_from(&out));
+            let id = node_id_from(&out);
             let config = d.join("mixnode.toml");
             common(&config, &name);
             mixes.push(Node {
@@ -549,9 +565,19 @@ impl Net {
                 o.threshold.to_string(),
             ];
             args.extend(pins.iter().cloned());
-            let id = node_id_from(&run_tool(&box_bin, &args));
+            let out = run_tool(&box_bin, &args);
+            node_keys.push(identity_from(&out));
+            let id = node_id_from(&out);
             let config = d.join("mailbox.toml");
             common(&config, &name);
+            // Every test client is on 127.0.0.1.
+            edit_toml(
+                &config,
+                &[
+                    ("api.create_burst_per_address", int(1000)),
+                    ("http.max_connections_per_address", int(256)),
+                ],
+            );
             mailboxes.push(Node {
                 daemon: Daemon::new(
                     &name,
@@ -565,6 +591,16 @@ impl Net {
                 api_addr: Some(http),
                 id,
             });
+        }
+        // Each authority's operator admits the network's nodes.
+        for a in &authorities {
+            let mut args: Vec<String> = vec![
+                "admit".into(),
+                "--config".into(),
+                a.daemon.config.display().to_string(),
+            ];
+            args.extend(node_keys.iter().cloned());
+            run_tool(&dir_bin, &args);
         }
         (authorities, mixes, mailboxes)
     }

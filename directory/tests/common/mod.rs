@@ -102,12 +102,21 @@ pub fn set_time_ms(clock: &OffsetClock, ms: u64) {
     clock.set_offset_ms(ms as i64 - base);
 }
 
+/// Admits every node key the tests make (`key(seed)`) and turns the
+/// reachability probe off: these descriptors name addresses nothing listens
+/// on. Admission and the probe are tested in `admission.rs`.
+pub fn admit_test_nodes(cfg: &mut AuthorityConfig) {
+    cfg.admission.nodes = (0..=255u8).map(|s| ident(&key(s)).to_base58()).collect();
+    cfg.admission.probe = false;
+}
+
 pub fn config(dir: &std::path::Path) -> AuthorityConfig {
     let mut cfg = AuthorityConfig::new(dir);
     cfg.epoch_secs = EPOCH;
     cfg.timing.bootstrap_window_ms = 300;
     cfg.timing.tick_ms = 50;
     cfg.timing.peer_timeout_ms = 1000;
+    admit_test_nodes(&mut cfg);
     cfg
 }
 

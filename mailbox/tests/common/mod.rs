@@ -287,6 +287,13 @@ pub mod net {
         cfg.epoch_secs = epoch_secs;
         cfg.timing.bootstrap_window_ms = 500;
         cfg.timing.tick_ms = 50;
+        // These tests are about the provider: an open authority on loopback
+        // (the provider's key may come from `init`). Admission is tested in
+        // murmur-directory.
+        cfg.admission.mode = murmur_directory::config::AdmissionMode::Open;
+        cfg.admission.allow_private_addresses = true;
+        cfg.admission.max_per_address = 64;
+        cfg.admission.max_per_subnet = 64;
         start_authority(cfg, SigningKey::from_bytes(&[200; 32]), clock, stop.clone())
             .await
             .unwrap()

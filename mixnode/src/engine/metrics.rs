@@ -1,5 +1,7 @@
 //! The engine's counters, registered in the owner's Prometheus registry.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -174,6 +176,13 @@ pub(crate) struct EngineMetrics {
     pub(crate) link_queue: Gauge,
     pub(crate) processing: Histogram,
     pub(crate) replay_persist_errors: Counter,
+    pub(crate) replay_segments: Gauge,
+    pub(crate) replay_tags: Gauge,
+    pub(crate) replay_capacity: Gauge,
+    pub(crate) replay_bytes: Gauge,
+    pub(crate) replay_saturated_tags: Counter,
+    pub(crate) replay_saturated: Gauge,
+    pub(crate) replay_fp_bound: Gauge<f64, AtomicU64>,
 }
 
 impl EngineMetrics {
@@ -197,6 +206,13 @@ impl EngineMetrics {
             // 25 µs .. ~0.8 s.
             processing: Histogram::new(exponential_buckets(25e-6, 2.0, 16)),
             replay_persist_errors: Counter::default(),
+            replay_segments: Gauge::default(),
+            replay_tags: Gauge::default(),
+            replay_capacity: Gauge::default(),
+            replay_bytes: Gauge::default(),
+            replay_saturated_tags: Counter::default(),
+            replay_saturated: Gauge::default(),
+            replay_fp_bound: Gauge::default(),
         };
         // Show every reason from the start, at zero.
         for reason in DropReason::ALL {
@@ -289,6 +305,41 @@ impl EngineMetrics {
             "replay_persist_errors",
             "Failed writes of the replay cache (tag log, snapshot); replay protection continues in memory",
             m.replay_persist_errors.clone(),
+        );
+        registry.register(
+            "replay_filter_segments",
+            "Replay filter segments held (all key epochs; a chain grows a segment when one is full)",
+            m.replay_segments.clone(),
+        );
+        registry.register(
+            "replay_filter_tags",
+            "Replay tags recorded (all key epochs held)",
+            m.replay_tags.clone(),
+        );
+        registry.register(
+            "replay_filter_capacity_tags",
+            "Replay tags one key epoch's chain holds before it saturates (segments allowed x tags per segment)",
+            m.replay_capacity.clone(),
+        );
+        registry.register(
+            "replay_filter_bytes",
+            "Memory of the replay filters held, bytes",
+            m.replay_bytes.clone(),
+        );
+        registry.register(
+            "replay_saturated_tags",
+            "Replay tags recorded past a chain's capacity (the filter is saturating: fresh packets may be dropped as replays)",
+            m.replay_saturated_tags.clone(),
+        );
+        registry.register(
+            "replay_filter_saturated",
+            "1 while a held key epoch's replay filter chain is past its capacity (an alarm), else 0",
+            m.replay_saturated.clone(),
+        );
+        registry.register(
+            "replay_false_positive_bound",
+            "Estimated chance that a fresh packet is taken for a replay (largest over the key epochs held)",
+            m.replay_fp_bound.clone(),
         );
         m
     }

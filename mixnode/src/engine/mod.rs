@@ -41,6 +41,7 @@
 //! Every drop is counted by reason (see [`DropReason`]); no per-packet data
 //! is logged at info or above.
 
+mod capacity;
 mod delay;
 mod inbound;
 mod links;
@@ -67,8 +68,9 @@ use tokio_util::task::TaskTracker;
 use crate::error::{Error, Result};
 use crate::keys::KeyRingHandle;
 
+pub use capacity::measure_unwrap_rate;
 pub use metrics::{CloseReason, DropReason};
-pub use replay::{ReplayCache, ReplaySettings, Seen};
+pub use replay::{MAX_SEGMENTS, ReplayCache, ReplaySettings, ReplaySizing, ReplayStats, Seen};
 pub use topology::StaticTopology;
 
 use links::Links;
@@ -517,15 +519,18 @@ impl Engine {
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?;
 
         let live = keys.load().epochs();
+        let sizing = replay_sizing(&config);
         let replay = Arc::new(replay::ReplayCache::open(
             &config.replay_dir,
-            config.replay.expected_items(config.key_lifetime),
-            config.replay.false_positive_rate,
+            sizing,
             &live,
         )?);
         tracing::debug!(filter_bytes, "replay cache opened");
 
         let metrics = EngineMetrics::register(registry);
+        metrics
+            .replay_capacity
+            .set(i64::try_from(sizing.capacity()).unwrap_or(i64::MAX));
         let tracker = TaskTracker::new();
         let io_tracker = TaskTracker::new();
         let limits = config.limits.clone();
@@ -663,6 +668,44 @@ impl Engine {
     }
 }
 
+/// How the replay filter chains are sized: segments for the expected rate,
+/// enough of them (within `replay.max_memory_mib`) for the node's capacity
+/// over a key's lifetime — `replay.max_packet_rate`, or measured now: one
+/// worker's unwrap rate times the workers that can run at once.
+fn replay_sizing(config: &EngineConfig) -> ReplaySizing {
+    let r = &config.replay;
+    let capacity = if r.max_packet_rate > 0.0 {
+        r.max_packet_rate
+    } else {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let parallel = config.limits.worker_count().min(cores) as f64;
+        capacity::measure_unwrap_rate(20).map_or(0.0, |one| one * parallel)
+    };
+    let sizing = r.sizing(config.key_lifetime, capacity);
+    let needed = (capacity * config.key_lifetime.as_secs_f64()).ceil();
+    let mib = (sizing.segment_bytes() as u64 * sizing.max_segments as u64) >> 20;
+    if (sizing.capacity() as f64) < needed {
+        let lasts = sizing.capacity() as f64 / capacity.max(1.0);
+        tracing::warn!(
+            capacity_packets_per_sec = capacity.round(),
+            segments = sizing.max_segments,
+            mib,
+            full_capacity_secs = lasts.round(),
+            key_lifetime_secs = config.key_lifetime.as_secs(),
+            "the replay filters cannot hold a flood at this node's capacity for a whole key lifetime (replay.max_memory_mib): past it they saturate (replay_filter_saturated)"
+        );
+    } else {
+        tracing::info!(
+            capacity_packets_per_sec = capacity.round(),
+            segment_tags = sizing.segment_items,
+            segments = sizing.max_segments,
+            mib,
+            "replay filters sized for the node's capacity over a key lifetime"
+        );
+    }
+    sizing
+}
+
 /// Syncs the tag logs, writes snapshots, and drops the replay filters of
 /// epochs that left the key ring.
 async fn maintenance(
@@ -679,12 +722,39 @@ async fn maintenance(
     snap_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     snap_tick.reset();
     let mut live = keys.load().epochs();
+    let mut saturated_seen = 0u64;
     loop {
         let snapshot = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = sync_tick.tick() => false,
             _ = snap_tick.tick() => true,
         };
+        let stats = replay.stats();
+        metrics
+            .replay_segments
+            .set(i64::try_from(stats.segments).unwrap_or(i64::MAX));
+        metrics
+            .replay_tags
+            .set(i64::try_from(stats.tags).unwrap_or(i64::MAX));
+        metrics
+            .replay_bytes
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+        metrics.replay_fp_bound.set(stats.false_positive_bound);
+        if stats.saturated_tags > saturated_seen {
+            if saturated_seen == 0 {
+                tracing::warn!(
+                    "the replay filter chain is past its capacity: fresh packets may be dropped as replays until the key rotates (raise replay.max_memory_mib)"
+                );
+            }
+            metrics
+                .replay_saturated_tags
+                .inc_by(stats.saturated_tags - saturated_seen);
+        }
+        // (Drops when a saturated epoch is retired.)
+        saturated_seen = stats.saturated_tags;
+        metrics
+            .replay_saturated
+            .set(i64::from(stats.saturated_tags > 0));
         let now_live = keys.load().epochs();
         let retain = snapshot || now_live != live;
         live = now_live.clone();

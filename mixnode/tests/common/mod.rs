@@ -217,10 +217,42 @@ pub fn start_node_with_ring(
     topology: Arc<dyn Topology>,
     limits: EngineLimits,
 ) -> TestNode {
-    start_node_with_policy(n, key, ring, dir, topology, limits, ClientPolicy::Always)
+    start_node_with_policy(
+        n,
+        key,
+        ring,
+        dir,
+        topology,
+        limits,
+        replay_settings(),
+        ClientPolicy::Always,
+    )
 }
 
-/// [`start_node_with_ring`] taking links from clients per `clients`.
+pub fn start_node_with_replay(
+    n: u8,
+    key: SphinxSecretKey,
+    ring: KeyRingHandle,
+    dir: &Path,
+    topology: Arc<dyn Topology>,
+    limits: EngineLimits,
+    replay: ReplaySettings,
+) -> TestNode {
+    start_node_with_policy(
+        n,
+        key,
+        ring,
+        dir,
+        topology,
+        limits,
+        replay,
+        ClientPolicy::Always,
+    )
+}
+
+/// [`start_node_with_ring`] with its replay settings, taking links from
+/// clients per `clients`.
+#[allow(clippy::too_many_arguments)]
 pub fn start_node_with_policy(
     n: u8,
     key: SphinxSecretKey,
@@ -228,6 +260,7 @@ pub fn start_node_with_policy(
     dir: &Path,
     topology: Arc<dyn Topology>,
     limits: EngineLimits,
+    replay: ReplaySettings,
     clients: ClientPolicy,
 ) -> TestNode {
     let identity = identity(n);
@@ -241,7 +274,7 @@ pub fn start_node_with_policy(
             replay_dir: dir.join("replay"),
             key_lifetime: Duration::from_secs(L + 600),
             limits,
-            replay: replay_settings(),
+            replay,
             link: LinkConfig::for_node(&identity.to_bytes(), id, clients),
         },
         ring.clone(),
@@ -282,6 +315,17 @@ pub async fn connect_to(addr: SocketAddr, key: &LinkPublicKey) -> Link {
 
 pub async fn send(link: &mut Link, packet: &Packet) {
     link.send(packet.clone()).await.unwrap();
+}
+
+/// The value of metric sample `sample` (name with labels, as printed) in
+/// `registry`.
+pub fn metric(registry: &Registry, sample: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
 }
 
 /// Polls `cond` until it holds or `limit` of real time passes. Works on a
