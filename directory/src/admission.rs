@@ -17,9 +17,11 @@
 //!   (so that the probe cannot be pointed at the authority's own network).
 //!
 //! Whatever the mode, a descriptor is voted for only after a
-//! [`ReachabilityProbe`] reached its packet address ([`TcpConnectProbe`]:
-//! a TCP connection; the trait is the place for a cryptographic handshake
-//! later).
+//! [`ReachabilityProbe`] reached its packet address. The default,
+//! [`LinkHandshakeProbe`], completes a link handshake there
+//! (`docs/protocol.md` §4) expecting the descriptor's link key: the node
+//! is reachable *and* holds that key, so nobody can get another node's
+//! link key listed as theirs. [`TcpConnectProbe`] only connects.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -28,6 +30,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
+
+use murmur_wire::LinkPublicKey;
+use murmur_wire::link::Purpose;
 
 use murmur_wire::IdentityKey;
 use murmur_wire::ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -296,17 +301,47 @@ pub(crate) fn is_routable(ip: IpAddr) -> bool {
 }
 
 /// Checks that a node can be reached where its descriptor says, before an
-/// authority votes for it. [`TcpConnectProbe`] opens a TCP connection; a
-/// stronger probe (a link handshake proving the node holds its keys) can
-/// take its place through this trait.
+/// authority votes for it.
 pub trait ReachabilityProbe: Send + Sync + 'static {
-    /// Probes the node whose packet address is `addr` (and identity `node`).
-    /// `Err` says why it is not reachable.
+    /// Probes the node whose packet address is `addr`, identity `node` and
+    /// link key `link_key`. `Err` says why it is not reachable.
     fn probe(
         &self,
         node: IdentityKey,
         addr: SocketAddr,
+        link_key: LinkPublicKey,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// The reachability probe the authority uses by default: a link handshake
+/// to the packet address, as a client, expecting the descriptor's link
+/// key, within a timeout. It completes only if the node there holds that
+/// key; the link is closed at once (an inner-layer mix or a provider closes
+/// a client's link after the handshake anyway).
+#[derive(Clone, Copy, Debug)]
+pub struct LinkHandshakeProbe {
+    /// How long the connection and handshake may take.
+    pub timeout: Duration,
+}
+
+impl ReachabilityProbe for LinkHandshakeProbe {
+    fn probe(
+        &self,
+        _node: IdentityKey,
+        addr: SocketAddr,
+        link_key: LinkPublicKey,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let settings = murmur_net::LinkSettings {
+                handshake_timeout: self.timeout,
+                ..murmur_net::LinkSettings::default()
+            };
+            murmur_net::connect(addr, Purpose::Packets, None, &link_key, &settings)
+                .await
+                .map(drop)
+                .map_err(|e| format!("link handshake failed: {e}"))
+        })
+    }
 }
 
 /// The reachability probe the authority uses by default: a TCP connection
@@ -322,6 +357,7 @@ impl ReachabilityProbe for TcpConnectProbe {
         &self,
         _node: IdentityKey,
         addr: SocketAddr,
+        _link_key: LinkPublicKey,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(addr)).await {

@@ -18,8 +18,8 @@ use murmur_wire::directory::{MAX_DESCRIPTOR_SIZE, VOTE_VERSION};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::policy::epoch_at;
 use murmur_wire::{
-    AuthoritySet, Consensus, Descriptor, IdentityKey, NetworkParams, NodeId, SignedConsensus,
-    SignedDescriptor, SignedVote, VerifiedDescriptor, Vote,
+    AuthoritySet, Consensus, Descriptor, IdentityKey, LinkPublicKey, NetworkParams, NodeId,
+    SignedConsensus, SignedDescriptor, SignedVote, VerifiedDescriptor, Vote,
 };
 use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{
-    AdmissionList, Admitted, FileStamp, ProbeState, ReachabilityProbe, TcpConnectProbe, host_key,
-    is_routable, subnet_key,
+    AdmissionList, Admitted, FileStamp, LinkHandshakeProbe, ProbeState, ReachabilityProbe,
+    host_key, is_routable, subnet_key,
 };
 use crate::client::{AuthorityEndpoint, MAX_CONSENSUS_SIZE};
 use crate::clock::Clock;
@@ -104,14 +104,14 @@ pub async fn start_authority_on(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<AuthorityHandle, Error> {
-    let probe = Arc::new(TcpConnectProbe {
+    let probe = Arc::new(LinkHandshakeProbe {
         timeout: Duration::from_millis(config.admission.probe_timeout_ms),
     });
     start_authority_with_probe(listener, config, identity, clock, probe, shutdown).await
 }
 
 /// Like [`start_authority_on`], with another reachability probe than the
-/// TCP connection (used when `admission.probe` is on).
+/// link handshake (used when `admission.probe` is on).
 pub async fn start_authority_with_probe(
     listener: tokio::net::TcpListener,
     mut config: AuthorityConfig,
@@ -752,7 +752,7 @@ impl Authority {
         let mut running = tokio::task::JoinSet::new();
         loop {
             let now = now_ms(self.clock.as_ref());
-            let due: Vec<(NodeId, IdentityKey, SocketAddr)> = {
+            let due: Vec<(NodeId, IdentityKey, SocketAddr, LinkPublicKey)> = {
                 let mut st = self.lock();
                 let State {
                     descriptors,
@@ -773,14 +773,19 @@ impl Authority {
                         && state.due(now, reprobe, retry)
                     {
                         state.in_flight = true;
-                        due.push((d.id(), d.descriptor().identity, addr));
+                        due.push((
+                            d.id(),
+                            d.descriptor().identity,
+                            addr,
+                            d.descriptor().link_key.clone(),
+                        ));
                     }
                 }
                 due
             };
-            for (id, key, addr) in due {
+            for (id, key, addr, link_key) in due {
                 let probe = probe.clone();
-                running.spawn(async move { (id, addr, probe.probe(key, addr).await) });
+                running.spawn(async move { (id, addr, probe.probe(key, addr, link_key).await) });
             }
             tokio::select! {
                 _ = stop.cancelled() => break,

@@ -93,7 +93,7 @@ async fn authority(
     tweak(&mut cfg);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let probe = probe.unwrap_or_else(|| {
-        Arc::new(murmur_directory::admission::TcpConnectProbe {
+        Arc::new(murmur_directory::admission::LinkHandshakeProbe {
             timeout: Duration::from_millis(cfg.admission.probe_timeout_ms),
         })
     });
@@ -131,15 +131,13 @@ async fn a_thousand_sybil_descriptors_from_one_address_are_refused() {
     let stop = CancellationToken::new();
     let (clock, e) = clock_at(1_000);
     let now = clock.now_secs();
-    // Honest nodes, each on its own loopback host, listening for packets.
+    // Honest nodes, each on its own loopback host, listening for packet
+    // links with the link keys they publish.
     let mut honest = Vec::new();
-    let mut listeners = Vec::new();
     for i in 0..3u8 {
-        let l = TcpListener::bind(format!("127.0.{}.1:0", 10 + i))
-            .await
-            .unwrap();
-        honest.push((key(100 + i), l.local_addr().unwrap()));
-        listeners.push(l);
+        let k = key(100 + i);
+        let addr = link_responder_on(&k, &format!("127.0.{}.1:0", 10 + i)).await;
+        honest.push((k, addr));
     }
     let honest_keys: Vec<IdentityKey> = honest.iter().map(|(k, _)| ident(k)).collect();
 
@@ -260,7 +258,6 @@ async fn a_thousand_sybil_descriptors_from_one_address_are_refused() {
         SYBILS - 2
     );
     auth.stop().await;
-    drop(listeners);
 }
 
 /// A probe the test controls: reaches only the nodes it is told to.
@@ -274,6 +271,7 @@ impl ReachabilityProbe for Switch {
         &self,
         node: IdentityKey,
         _addr: SocketAddr,
+        _link_key: murmur_wire::LinkPublicKey,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         let ok = node != self.b || self.reach_b.load(Ordering::SeqCst);
         Box::pin(async move {
@@ -337,6 +335,106 @@ async fn unreachable_nodes_are_kept_but_not_voted_until_a_probe_reaches_them() {
         .await
             >= 1.0
     );
+    auth.stop().await;
+}
+
+/// A link responder on loopback holding the link key of `k`, completing
+/// every handshake; returns its address.
+async fn link_responder(k: &SigningKey) -> SocketAddr {
+    link_responder_on(k, "127.0.0.1:0").await
+}
+
+/// [`link_responder`] bound to `bind`.
+async fn link_responder_on(k: &SigningKey, bind: &str) -> SocketAddr {
+    let listener = TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let key = Arc::new(murmur_wire::LinkSecretKey::derive(&k.to_bytes()));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let key = key.clone();
+            tokio::spawn(async move {
+                let _ = murmur_net::accept(
+                    tcp,
+                    murmur_wire::link::Purpose::Packets,
+                    &key,
+                    &murmur_net::LinkSettings::default(),
+                )
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The default probe completes a link handshake expecting the descriptor's
+/// link key: a node listening where it says with the key it publishes is
+/// listed; one that copied another node's link key (to have it pinned as
+/// its own) is not, and neither is one whose port is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_lists_only_nodes_that_hold_their_link_key() {
+    let stop = CancellationToken::new();
+    let (clock, e) = clock_at(1_000);
+    let now = clock.now_secs();
+    let (honest, squatter, absent) = (key(110), key(111), key(112));
+    let dir = tempfile::tempdir().unwrap();
+    let admitted = vec![
+        ident(&honest).to_base58(),
+        ident(&squatter).to_base58(),
+        ident(&absent).to_base58(),
+    ];
+    let auth = authority(
+        dir.path(),
+        &clock,
+        None,
+        |c| {
+            c.admission.nodes = admitted;
+            c.admission.probe_timeout_ms = 2000;
+        },
+        &stop,
+    )
+    .await
+    .unwrap();
+    let http = HttpClient::new(Duration::from_secs(5));
+    // The honest node holds its key where it says.
+    let honest_addr = link_responder(&honest).await;
+    let d = mix_at(&honest, honest_addr, e, now);
+    assert_eq!(post(&http, auth.addr, &d).await, 200);
+    // The squatter listens with its own key but publishes the honest
+    // node's link key (a different X25519 half, so the authority's
+    // first-come check does not catch it: only the probe can).
+    let squatter_addr = link_responder(&squatter).await;
+    let mut copied = mix_at(&squatter, squatter_addr, e, now)
+        .verify()
+        .unwrap()
+        .descriptor()
+        .clone();
+    let mut stolen = murmur_wire::LinkSecretKey::derive(&key(113).to_bytes())
+        .public()
+        .clone();
+    stolen.kem = d.verify().unwrap().descriptor().link_key.kem.clone();
+    copied.link_key = stolen;
+    let forged = SignedDescriptor::sign(&copied, &squatter).unwrap();
+    assert_eq!(post(&http, auth.addr, &forged).await, 200);
+    // Nothing listens for the third.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    assert_eq!(
+        post(&http, auth.addr, &mix_at(&absent, closed, e, now)).await,
+        200
+    );
+    eventually(15, "three probes", || async {
+        (metric(
+            auth.addr,
+            "murmur_directory_probes_total{outcome=\"unreachable\"}",
+        )
+        .await
+            >= 2.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(listed(&auth, e).await, vec![ident(&honest)]);
     auth.stop().await;
 }
 
