@@ -163,6 +163,71 @@ fn framing(c: &mut Criterion) {
     });
 }
 
+/// The link layer: sealing and opening one frame's record (what each
+/// packet costs on each link when it travels alone), a record of 22 frames
+/// (a batch under load), a whole handshake, and the bare AEADs (the link's
+/// AES-256-GCM, and ChaCha20-Poly1305 for comparison).
+fn links(c: &mut Criterion) {
+    use murmur_wire::frame::FRAME_SIZE;
+    use murmur_wire::link::{Initiator, LinkSecretKey, Purpose, Responder};
+    let mut rng = rng();
+    let server = LinkSecretKey::generate(&mut rng);
+    let pair = |rng: &mut rand_chacha::ChaCha20Rng| {
+        let (init, m1) = Initiator::start(rng, Purpose::Packets, None, server.public()).unwrap();
+        let (resp, m2) = Responder::respond(rng, Purpose::Packets, &server, &m1).unwrap();
+        let (m3, tx) = init.finish(&m2).unwrap();
+        (tx, resp.finish(&m3).unwrap().transport)
+    };
+    let mut group = c.benchmark_group("link");
+    for frames in [1usize, 22] {
+        let data = vec![0x5au8; FRAME_SIZE * frames];
+        group.throughput(Throughput::Bytes(data.len() as u64));
+        let (mut tx, mut rx) = pair(&mut rng);
+        let mut out = Vec::with_capacity(data.len() + 64);
+        let mut opened = vec![0u8; data.len() + 64];
+        group.bench_function(format!("seal_open_{frames}_frames"), |b| {
+            b.iter(|| {
+                out.clear();
+                tx.seal(black_box(&data), &mut out).unwrap();
+                rx.open(&out[2..], &mut opened).unwrap()
+            })
+        });
+    }
+    group.bench_function("handshake", |b| {
+        b.iter(|| pair(&mut rng));
+    });
+    let data = vec![0x5au8; FRAME_SIZE];
+    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.bench_function("aes256gcm_seal_1_frame", |b| {
+        use aes_gcm::aead::{AeadInOut, KeyInit};
+        let aead = aes_gcm::Aes256Gcm::new(&[7u8; 32].into());
+        let mut buf = data.clone();
+        b.iter(|| {
+            aead.encrypt_inout_detached(&[0u8; 12].into(), &[], buf.as_mut_slice().into())
+                .unwrap()
+        })
+    });
+    group.bench_function("chacha20poly1305_seal_1_frame", |b| {
+        use chacha20poly1305::aead::{AeadInOut, KeyInit};
+        let aead = chacha20poly1305::ChaCha20Poly1305::new(&[7u8; 32].into());
+        let mut buf = data.clone();
+        b.iter(|| {
+            aead.encrypt_inout_detached(&[0u8; 12].into(), &[], buf.as_mut_slice().into())
+                .unwrap()
+        })
+    });
+    group.bench_function("aes256gcm_seal_1_frame", |b| {
+        use aes_gcm::aead::{AeadInOut, KeyInit};
+        let aead = aes_gcm::Aes256Gcm::new(&[7u8; 32].into());
+        let mut buf = data.clone();
+        b.iter(|| {
+            aead.encrypt_inout_detached(&[0u8; 12].into(), &[], buf.as_mut_slice().into())
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
 /// The mix node's replay cache (the engine's own type), sized as a node
 /// with the default settings sizes it: a fresh tag checked and recorded
 /// (Bloom filter + tag log append) per iteration, and a replayed tag.
@@ -267,6 +332,7 @@ criterion_group!(
     surbs,
     sealed_sender,
     framing,
+    links,
     replay_cache,
     mailbox_deposit
 );
