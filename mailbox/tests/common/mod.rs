@@ -239,6 +239,8 @@ pub fn owner_body(
     )
 }
 
+pub mod postgres;
+
 // ------------------------------------------------------------- whole daemons
 
 pub mod net {
