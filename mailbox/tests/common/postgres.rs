@@ -111,6 +111,22 @@ impl TestDb {
     pub fn execute(&self, sql: &str) {
         admin(&self.url(), sql);
     }
+
+    /// Runs a query returning an `int4` and a `text` column in this test's
+    /// schema.
+    pub fn query_pairs(&self, sql: &str) -> Vec<(i32, String)> {
+        let (url, sql) = (self.url(), sql.to_owned());
+        on_own_runtime(async move {
+            let (client, task) = connect(&url).await;
+            let rows = client
+                .query(&sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            drop(client);
+            let _ = task.await;
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+        })
+    }
 }
 
 impl Drop for TestDb {
@@ -143,28 +159,40 @@ fn with_options(base: &str, options: &str) -> String {
     }
 }
 
-/// Runs `sql` on a connection of its own, on a thread of its own (the
-/// caller may be inside a tokio runtime).
+/// Runs `sql` on a connection of its own.
 fn admin(url: &str, sql: &str) {
     let (url, sql) = (url.to_owned(), sql.to_owned());
+    on_own_runtime(async move {
+        let (client, task) = connect(&url).await;
+        client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        drop(client);
+        let _ = task.await;
+    });
+}
+
+async fn connect(url: &str) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL: {e}"));
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client, task)
+}
+
+/// Runs `f` to completion on a runtime of its own, on a thread of its own
+/// (the caller may be inside a tokio runtime).
+fn on_own_runtime<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> T {
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL: {e}"));
-            let task = tokio::spawn(connection);
-            client
-                .batch_execute(&sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            drop(client);
-            let _ = task.await;
-        });
+            .unwrap()
+            .block_on(f)
     })
     .join()
-    .unwrap();
+    .unwrap()
 }
