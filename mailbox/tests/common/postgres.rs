@@ -81,7 +81,7 @@ impl TestDb {
         // Straight to the terminal: the test harness captures print!.
         let _ = writeln!(
             std::io::stderr(),
-            "NOT RUN: {test} on PostgreSQL ({why}; set {URL_ENV} or install PostgreSQL, and {REQUIRE_ENV}=1 to make this a failure)"
+            "\nNOT RUN: {test} on PostgreSQL ({why}; set {URL_ENV} or install PostgreSQL, and {REQUIRE_ENV}=1 to make this a failure)"
         );
     }
 
