@@ -303,7 +303,7 @@ pub enum Backend {
     /// `mailbox.redb` in the data directory ([`RedbStore`](crate::RedbStore)).
     #[default]
     Redb,
-    /// A PostgreSQL database ([`PostgresStore`](crate::postgres::PostgresStore)).
+    /// A PostgreSQL database ([`PostgresStore`](crate::PostgresStore)).
     Postgres,
 }
 

@@ -1,7 +1,7 @@
 //! Queue storage: the [`Store`] trait, its embedded implementation on redb,
 //! [`RedbStore`] (the default), and [`open_store`], which opens the backend
 //! the configuration names. The other backend, on PostgreSQL, is
-//! [`PostgresStore`](crate::postgres::PostgresStore); both pass one
+//! [`PostgresStore`]; both pass one
 //! conformance suite (`tests/store.rs`).
 //!
 //! # Layout
@@ -163,7 +163,7 @@ pub struct ReapOutcome {
 }
 
 /// Where queues live: [`RedbStore`] (embedded, the default) or
-/// [`PostgresStore`](crate::postgres::PostgresStore) (a database several
+/// [`PostgresStore`] (a database several
 /// provider processes can share). Tests can stand in for it.
 ///
 /// Every method that writes is durable when it returns `Ok`. Methods block
