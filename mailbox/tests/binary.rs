@@ -484,3 +484,51 @@ async fn two_binaries_share_a_postgres_database_and_sigkill_loses_no_acknowledge
     }
     stop.cancel();
 }
+
+#[test]
+fn migrate_brings_a_postgres_database_to_the_schema_version() {
+    let Some(db) = TestDb::new("migrate_brings_a_postgres_database_to_the_schema_version") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailbox.toml");
+    let migrate = || {
+        Command::new(BIN)
+            .args(["migrate", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    // Nothing to migrate with the redb backend.
+    std::fs::write(&config, "").unwrap();
+    let out = migrate();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not \"postgres\""));
+
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nbackend = \"postgres\"\npostgres_url = \"{}\"\n",
+            db.url()
+        ),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let out = migrate();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let version = murmur_mailbox::postgres::SCHEMA_VERSION;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("schema version {version}")
+        );
+    }
+    let applied = db.query_pairs("SELECT version, description FROM mailbox_schema");
+    assert_eq!(
+        applied.len(),
+        murmur_mailbox::postgres::SCHEMA_VERSION as usize
+    );
+}
