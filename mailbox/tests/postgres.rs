@@ -2,8 +2,9 @@
 //! conformance suite, `tests/store.rs`): versioned migrations applied once
 //! even when processes start together, a newer schema refused, a server
 //! that would not make commits durable refused, the safety net against a
-//! writer that bypasses the queue lock, and clear errors for a bad
-//! connection string or an unreachable server.
+//! writer that bypasses the queue lock, clear errors for a bad
+//! connection string or an unreachable server, and idle-queue expiry
+//! (`touch_queues`, `expire_idle`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -149,4 +150,65 @@ fn bad_connection_strings_and_unreachable_servers_fail_clearly() {
     let err = PostgresStore::open(&settings, Quota::default()).unwrap_err();
     assert!(matches!(err, Error::PostgresPool { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Idle-queue expiry (the `Store::touch_queues` and `Store::expire_idle`
+/// of the queue-expiry work, here the store's own methods): the same
+/// behaviour the redb store's test checks.
+#[test]
+fn queues_unused_for_the_idle_time_expire_with_their_contents() {
+    use murmur_mailbox::postgres::TOUCH_GRANULARITY_SECS;
+    let Some(db) = TestDb::new("queues_unused_for_the_idle_time_expire_with_their_contents") else {
+        return;
+    };
+    let store = PostgresStore::open(&db.settings(), Quota::default()).unwrap();
+    let make = |seed: u8| {
+        let q = QueueId::from_bytes([seed; 32]);
+        assert_eq!(
+            store
+                .create_queue(&q, &IdentityKey([seed; 32]), 1000, 10)
+                .unwrap(),
+            CreateOutcome::Created
+        );
+        q
+    };
+    // Created at 1000.
+    let (a, b, c) = (make(1), make(2), make(3));
+    store.insert_batch(&[deposit(b, 1)], 1000).unwrap();
+    // A's owner uses it later; a use within the granularity is not written.
+    let later = 1000 + TOUCH_GRANULARITY_SECS;
+    assert_eq!(store.touch_queues(&[(a, 1001)]).unwrap(), 0);
+    let unknown = QueueId::from_bytes([9; 32]);
+    assert_eq!(
+        store
+            .touch_queues(&[(a, later - 5), (a, later), (unknown, later)])
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.touch_queues(&[]).unwrap(), 0);
+    // C is deleted by its owner: nothing left for the reaper.
+    assert!(store.delete_queue(&c).unwrap());
+    // Nothing is unused since before 1000.
+    assert_eq!(store.expire_idle(1000, 10).unwrap(), 0);
+    // B is unused since 1000; A since `later`.
+    assert_eq!(store.expire_idle(later, 10).unwrap(), 1);
+    assert!(store.queue(&b).unwrap().is_none());
+    assert!(store.fetch(&b, 0, 10).unwrap().is_none());
+    assert!(store.queue(&a).unwrap().is_some());
+    assert_eq!(store.queue_count().unwrap(), 1);
+    // Its deposit's dedup record went with it: a re-created queue of the
+    // same id starts empty and takes the deposit again.
+    store
+        .create_queue(&b, &IdentityKey([2; 32]), later + 5, 10)
+        .unwrap();
+    assert_eq!(
+        store.insert_batch(&[deposit(b, 1)], later + 5).unwrap(),
+        vec![InsertOutcome::Stored { seq: 1 }]
+    );
+    // Batches: at most `max_queues` per call, least recently used first.
+    assert_eq!(store.expire_idle(u64::MAX, 1).unwrap(), 1);
+    assert!(store.queue(&a).unwrap().is_none());
+    assert_eq!(store.expire_idle(u64::MAX, 1).unwrap(), 1);
+    assert_eq!(store.expire_idle(u64::MAX, 1).unwrap(), 0);
+    assert_eq!(store.queue_count().unwrap(), 0);
 }

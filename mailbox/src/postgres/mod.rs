@@ -24,7 +24,7 @@
 //!
 //! | table | key | columns |
 //! |---|---|---|
-//! | `mailbox_queues` | `id` (32 bytes) | `owner`, `created_at`, `messages`, `bytes`, `next_seq` |
+//! | `mailbox_queues` | `id` (32 bytes) | `owner`, `created_at`, `messages`, `bytes`, `next_seq`, `last_used` (indexed: idle queues expire by it) |
 //! | `mailbox_entries` | (`queue`, `seq`) | `item`: kind (1) ‖ id (16) ‖ bytes, as in redb |
 //! | `mailbox_dedup` | (`queue`, `kind`, `id`) | `seq`, `stored_at` (indexed: the reaper's order) |
 //! | `mailbox_counters` | `name` | `value` (`queues`: how many exist) |
@@ -57,7 +57,7 @@
 mod cluster;
 mod schema;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -78,6 +78,11 @@ use crate::store::{
 
 pub use cluster::TempCluster;
 pub use schema::SCHEMA_VERSION;
+
+/// A queue's last use is written again only once it is this much newer
+/// (seconds), so that owners fetching every second do not each cost a
+/// write. The same as the redb store's.
+pub const TOUCH_GRANULARITY_SECS: u64 = 3600;
 
 /// Connections are given up after this long unless the connection string
 /// says otherwise (`connect_timeout`).
@@ -256,6 +261,166 @@ impl PostgresStore {
         self.schema_version
     }
 
+    /// Records that each queue of `used` was used (by its owner) at the
+    /// time given; a time older than, or within [`TOUCH_GRANULARITY_SECS`]
+    /// of, the recorded one is not written. Unknown queues are skipped.
+    /// Returns how many records were written.
+    ///
+    /// (With `expire_idle`, what the `Store` trait asks for idle-queue
+    /// expiry on the branch that added it; there these two implement the
+    /// trait's methods of the same names.)
+    pub fn touch_queues(&self, used: &[(QueueId, u64)]) -> Result<u64> {
+        const D: &str = "recording queue uses";
+        if used.is_empty() {
+            return Ok(0);
+        }
+        // The latest use per queue, in id order (the order rows are locked
+        // in everywhere).
+        let mut latest: BTreeMap<[u8; 32], u64> = BTreeMap::new();
+        for (queue, at) in used {
+            let t = latest.entry(*queue.as_bytes()).or_default();
+            *t = (*t).max(*at);
+        }
+        let ids: Vec<[u8; 32]> = latest.keys().copied().collect();
+        let ats: Vec<i64> = latest.values().map(|a| to_i64(*a)).collect();
+        self.call(D, move |client| {
+            Box::pin(async move {
+                let txn = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::ReadCommitted)
+                    .start()
+                    .await
+                    .map_err(pg(D))?;
+                let lock = txn
+                    .prepare_cached(
+                        "SELECT id FROM mailbox_queues WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                    )
+                    .await
+                    .map_err(pg(D))?;
+                let touch = txn
+                    .prepare_cached(
+                        "UPDATE mailbox_queues AS q SET last_used = u.at \
+                         FROM unnest($1::bytea[], $2::int8[]) AS u(id, at) \
+                         WHERE q.id = u.id AND u.at - q.last_used >= $3",
+                    )
+                    .await
+                    .map_err(pg(D))?;
+                let ids: Vec<&[u8]> = ids.iter().map(|q| q.as_slice()).collect();
+                let granularity = to_i64(TOUCH_GRANULARITY_SECS);
+                let lock_params: [&(dyn ToSql + Sync); 1] = [&ids];
+                let touch_params: [&(dyn ToSql + Sync); 3] = [&ids, &ats, &granularity];
+                let (_, written) = tokio::try_join!(
+                    txn.query(&lock, &lock_params),
+                    txn.execute(&touch, &touch_params),
+                )
+                .map_err(pg(D))?;
+                if written == 0 {
+                    txn.rollback().await.map_err(pg(D))?;
+                } else {
+                    txn.commit().await.map_err(pg(D))?;
+                }
+                Ok(written)
+            })
+        })
+    }
+
+    /// Deletes (as [`Store::delete_queue`]) up to `max_queues` queues not
+    /// used since before `unused_since` (unix seconds): neither created nor
+    /// touched since, the least recently used first. Returns how many were
+    /// deleted.
+    pub fn expire_idle(&self, unused_since: u64, max_queues: usize) -> Result<u64> {
+        const D: &str = "expiring idle queues";
+        let unused_since = to_i64(unused_since);
+        let limit = i64::try_from(max_queues).unwrap_or(i64::MAX);
+        self.call(D, move |client| {
+            Box::pin(async move {
+                let txn = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::ReadCommitted)
+                    .start()
+                    .await
+                    .map_err(pg(D))?;
+                let counter = txn
+                    .prepare_cached(
+                        "SELECT value FROM mailbox_counters WHERE name = 'queues' FOR UPDATE",
+                    )
+                    .await
+                    .map_err(pg(D))?;
+                let idle = txn
+                    .prepare_cached(
+                        "SELECT id FROM mailbox_queues WHERE last_used < $1 \
+                         ORDER BY last_used LIMIT $2",
+                    )
+                    .await
+                    .map_err(pg(D))?;
+                // Locked in id order; a queue used meanwhile (its row
+                // updated) no longer matches and is left alone.
+                let lock = txn
+                    .prepare_cached(
+                        "SELECT id FROM mailbox_queues WHERE id = ANY($1) AND last_used < $2 \
+                         ORDER BY id FOR UPDATE",
+                    )
+                    .await
+                    .map_err(pg(D))?;
+                txn.query_one(&counter, &[]).await.map_err(pg(D))?;
+                let candidates = txn
+                    .query(&idle, &[&unused_since, &limit])
+                    .await
+                    .map_err(pg(D))?;
+                let mut ids: Vec<&[u8]> = Vec::with_capacity(candidates.len());
+                for row in &candidates {
+                    ids.push(row.try_get(0).map_err(pg(D))?);
+                }
+                ids.sort_unstable();
+                let locked = if ids.is_empty() {
+                    Vec::new()
+                } else {
+                    txn.query(&lock, &[&ids, &unused_since])
+                        .await
+                        .map_err(pg(D))?
+                };
+                if locked.is_empty() {
+                    txn.rollback().await.map_err(pg(D))?;
+                    return Ok(0);
+                }
+                let mut gone: Vec<&[u8]> = Vec::with_capacity(locked.len());
+                for row in &locked {
+                    gone.push(row.try_get(0).map_err(pg(D))?);
+                }
+                let count = gone.len() as i64;
+                let queues = txn
+                    .prepare_cached("DELETE FROM mailbox_queues WHERE id = ANY($1)")
+                    .await
+                    .map_err(pg(D))?;
+                let entries = txn
+                    .prepare_cached("DELETE FROM mailbox_entries WHERE queue = ANY($1)")
+                    .await
+                    .map_err(pg(D))?;
+                let dedup = txn
+                    .prepare_cached("DELETE FROM mailbox_dedup WHERE queue = ANY($1)")
+                    .await
+                    .map_err(pg(D))?;
+                let counted = txn
+                    .prepare_cached(
+                        "UPDATE mailbox_counters SET value = value - $1 WHERE name = 'queues'",
+                    )
+                    .await
+                    .map_err(pg(D))?;
+                let params: [&(dyn ToSql + Sync); 1] = [&gone];
+                let count_params: [&(dyn ToSql + Sync); 1] = [&count];
+                tokio::try_join!(
+                    txn.execute(&queues, &params),
+                    txn.execute(&entries, &params),
+                    txn.execute(&dedup, &params),
+                    txn.execute(&counted, &count_params),
+                )
+                .map_err(pg(D))?;
+                txn.commit().await.map_err(pg(D))?;
+                Ok(count as u64)
+            })
+        })
+    }
+
     /// Runs `op` with a pooled connection on the store's runtime and waits
     /// for its result. A connection whose operation failed or timed out is
     /// closed rather than reused.
@@ -339,14 +504,18 @@ impl Store for PostgresStore {
                     .map_err(pg(D))?;
                 let insert = txn
                     .prepare_cached(
-                        "INSERT INTO mailbox_queues (id, owner, created_at, messages, bytes, next_seq) \
-                         VALUES ($1, $2, $3, 0, 0, 1) ON CONFLICT (id) DO NOTHING",
+                        "INSERT INTO mailbox_queues \
+                         (id, owner, created_at, messages, bytes, next_seq, last_used) \
+                         VALUES ($1, $2, $3, 0, 0, 1, $3) ON CONFLICT (id) DO NOTHING",
                     )
                     .await
                     .map_err(pg(D))?;
                 let count: i64 = txn.query_one(&count, &[]).await.map_err(pg(D))?.get(0);
                 let inserted = txn
-                    .execute(&insert, &[&queue.as_slice(), &owner.as_slice(), &to_i64(now)])
+                    .execute(
+                        &insert,
+                        &[&queue.as_slice(), &owner.as_slice(), &to_i64(now)],
+                    )
                     .await
                     .map_err(pg(D))?;
                 if inserted == 0 {

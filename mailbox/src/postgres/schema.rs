@@ -28,7 +28,7 @@ struct Migration {
 
 const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
-    description: "queues, entries, dedup records, counters",
+    description: "queues (with their last use), entries, dedup records, counters",
     // Entries are at most 2513 bytes (a sealed reply): with
     // toast_tuple_target at its maximum, PostgreSQL keeps them in the row
     // instead of trying to compress ciphertext and moving it to a TOAST
@@ -40,8 +40,10 @@ const MIGRATIONS: &[Migration] = &[Migration {
             created_at bigint NOT NULL,
             messages   bigint NOT NULL,
             bytes      bigint NOT NULL,
-            next_seq   bigint NOT NULL
+            next_seq   bigint NOT NULL,
+            last_used  bigint NOT NULL
         );
+        CREATE INDEX mailbox_queues_last_used ON mailbox_queues (last_used);
         CREATE TABLE mailbox_entries (
             queue bytea  NOT NULL,
             seq   bigint NOT NULL,
