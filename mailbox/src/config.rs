@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::api::ApiConfig;
 use crate::error::{Error, Result};
+use crate::postgres::PostgresSettings;
 use crate::store::Quota;
 use crate::writer::WriterConfig;
 
@@ -151,6 +152,22 @@ reap_batch = {reap_batch}
 write_queue_capacity = {wqc}
 # Items committed in one durable transaction at most (group commit).
 max_batch = {max_batch}
+# Where the queues are kept: "redb" (the file mailbox.redb in data_dir:
+# embedded, nothing else to run) or "postgres" (a PostgreSQL database, which
+# several provider processes can share; docs/mailbox.md, "PostgreSQL").
+backend = "{backend}"
+# backend = "postgres": the connection string, a URL
+# postgresql://USER:PASSWORD@HOST:PORT/DATABASE or key=value pairs
+# ("host=... user=... dbname=..."). The connection is not encrypted: keep
+# the database on this host or a private network. The tables are created
+# (and upgraded) at start.
+# postgres_url = "postgresql://murmur@127.0.0.1:5432/murmur"
+# backend = "postgres": connections to the database at most (the writer
+# uses one at a time; fetch API requests and the reaper the others).
+postgres_pool_size = {pg_pool}
+# backend = "postgres": seconds one storage operation may take (and may wait
+# for a connection); past that it fails, and deposits are not acknowledged.
+postgres_timeout_secs = {pg_timeout}
 
 [api]
 # Queues this provider holds at most; creation beyond is refused with 503.
@@ -191,6 +208,9 @@ create_per_hour = {cph}
         reap_batch = s.reap_batch,
         wqc = s.write_queue_capacity,
         max_batch = s.max_batch,
+        backend = s.backend.name(),
+        pg_pool = s.postgres_pool_size,
+        pg_timeout = s.postgres_timeout_secs,
         max_queues = d.api.max_queues,
         nonces = d.api.nonce_cache_capacity,
         nonces_per_queue = d.api.nonces_per_queue,
@@ -325,6 +345,35 @@ pub struct StorageConfig {
     pub write_queue_capacity: usize,
     /// Items per transaction at most.
     pub max_batch: usize,
+    /// Which database holds the queues.
+    pub backend: Backend,
+    /// The PostgreSQL connection string (`backend = "postgres"`).
+    pub postgres_url: Option<String>,
+    /// PostgreSQL connections at most.
+    pub postgres_pool_size: usize,
+    /// Seconds one PostgreSQL operation may take.
+    pub postgres_timeout_secs: u64,
+}
+
+/// `storage.backend`: where the queues are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// `mailbox.redb` in the data directory ([`RedbStore`](crate::RedbStore)).
+    #[default]
+    Redb,
+    /// A PostgreSQL database ([`PostgresStore`](crate::PostgresStore)).
+    Postgres,
+}
+
+impl Backend {
+    /// The name in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Redb => "redb",
+            Self::Postgres => "postgres",
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -340,6 +389,10 @@ impl Default for StorageConfig {
             reap_batch: 10_000,
             write_queue_capacity: writer.queue_capacity,
             max_batch: writer.max_batch,
+            backend: Backend::Redb,
+            postgres_url: None,
+            postgres_pool_size: 16,
+            postgres_timeout_secs: 30,
         }
     }
 }
@@ -358,6 +411,36 @@ impl StorageConfig {
         WriterConfig {
             queue_capacity: self.write_queue_capacity,
             max_batch: self.max_batch,
+        }
+    }
+
+    /// The PostgreSQL settings, if `postgres_url` is set.
+    pub fn postgres(&self) -> Option<PostgresSettings> {
+        let url = self.postgres_url.clone()?;
+        Some(PostgresSettings {
+            url,
+            pool_size: self.postgres_pool_size,
+            timeout: Duration::from_secs(self.postgres_timeout_secs),
+        })
+    }
+
+    /// The PostgreSQL settings are complete and parse when the backend is
+    /// PostgreSQL.
+    fn check_backend(&self) -> Result<()> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        if self.postgres_pool_size == 0 || self.postgres_timeout_secs == 0 {
+            return Err(Error::ConfigValue(
+                "storage.postgres_pool_size and storage.postgres_timeout_secs must be at least 1"
+                    .to_owned(),
+            ));
+        }
+        match self.postgres() {
+            None => Err(Error::ConfigValue(
+                "storage.backend = \"postgres\" needs storage.postgres_url".to_owned(),
+            )),
+            Some(settings) => settings.check(),
         }
     }
 }
@@ -503,6 +586,7 @@ impl Config {
             .limits()
             .check()
             .map_err(|e| Error::ConfigValue(format!("http: {e}")))?;
+        self.storage.check_backend()?;
         self.keys
             .check(self.network.epoch_secs)
             .map_err(node_config)?;
@@ -704,6 +788,52 @@ mod tests {
         );
         let err = Config::parse(&two, Path::new("x.toml")).unwrap_err();
         assert!(err.to_string().contains("threshold"), "{err}");
+    }
+
+    #[test]
+    fn the_postgres_backend_is_chosen_in_storage() {
+        let text = example_config(&ExampleOptions::default())
+            .replace("backend = \"redb\"", "backend = \"postgres\"")
+            .replace("# postgres_url = ", "postgres_url = ");
+        let parsed = Config::parse(&text, Path::new("example.toml")).unwrap();
+        assert_eq!(parsed.storage.backend, Backend::Postgres);
+        let settings = parsed.storage.postgres().unwrap();
+        assert_eq!(settings.url, "postgresql://murmur@127.0.0.1:5432/murmur");
+        assert_eq!(settings.pool_size, 16);
+        assert_eq!(settings.timeout, Duration::from_secs(30));
+        // The connection string never shows in debug output.
+        assert!(!format!("{settings:?}").contains("murmur@"));
+
+        let chain = |text: &str| {
+            let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+            let mut chain = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(s) = source {
+                chain = format!("{chain}: {s}");
+                source = s.source();
+            }
+            chain
+        };
+        let pg = "[storage]\nbackend = \"postgres\"\n";
+        for (text, needle) in [
+            (pg.to_owned(), "postgres_url"),
+            ("[storage]\nbackend = \"sqlite\"\n".to_owned(), "sqlite"),
+            (
+                format!("{pg}postgres_url = \"postgresql://u:s3cret@h:notaport/db\"\n"),
+                "postgres_url",
+            ),
+            (
+                format!("{pg}postgres_url = \"host=h\"\npostgres_pool_size = 0\n"),
+                "postgres_pool_size",
+            ),
+        ] {
+            let chain = chain(&text);
+            assert!(chain.contains(needle), "{text}: {chain}");
+            assert!(!chain.contains("s3cret"), "{chain}");
+        }
+        // The redb backend ignores the PostgreSQL keys.
+        let redb = "[storage]\npostgres_pool_size = 0\n";
+        assert!(Config::parse(redb, Path::new("x.toml")).is_ok());
     }
 
     #[test]

@@ -48,7 +48,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::provider::{Mailbox, PacketSink, WriterThread};
 use crate::reaper::{ReaperConfig, run_reaper};
-use crate::store::{RedbStore, Store};
+use crate::store::{Store, open_store};
 
 /// How often the key rotation task reads the clock.
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
@@ -287,14 +287,14 @@ async fn start_inner(
     let node_id = IdentityKey::from(&identity.verifying_key()).node_id();
     let link_key = Arc::new(LinkSecretKey::derive(&identity.to_bytes()));
     private_dir(&config.data_dir)?;
-    let db_path = config.database_path();
-    let quota = config.storage.quota();
-    let store = tokio::task::spawn_blocking(move || RedbStore::open(&db_path, quota))
-        .await
-        .map_err(|_| Error::Task {
-            during: "opening the database",
-        })??;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_store(&config))
+            .await
+            .map_err(|_| Error::Task {
+                during: "opening the database",
+            })??
+    };
     let metrics = Arc::new(Metrics::new());
     let count = {
         let store = store.clone();

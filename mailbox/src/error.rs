@@ -21,7 +21,8 @@ pub enum Error {
         source: redb::DatabaseError,
     },
 
-    /// A storage operation failed (I/O error, corruption detected by redb).
+    /// A redb storage operation failed (I/O error, corruption detected by
+    /// redb).
     #[error("storage failed while {during}")]
     Storage {
         /// What the store was doing.
@@ -145,6 +146,79 @@ pub enum Error {
     /// The provider was started outside a tokio runtime.
     #[error("the mailbox provider must be started inside a tokio runtime")]
     NoRuntime,
+
+    /// The PostgreSQL connection string (`storage.postgres_url`) does not
+    /// parse. (The message never repeats the string: it may hold a
+    /// password.)
+    #[error("invalid storage.postgres_url")]
+    PostgresUrl {
+        /// tokio-postgres's parse error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// A PostgreSQL statement failed, or the connection broke.
+    #[error("PostgreSQL failed while {during}")]
+    Postgres {
+        /// What the store was doing.
+        during: &'static str,
+        /// tokio-postgres's error (for a database error: the server's
+        /// message and SQLSTATE).
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// No PostgreSQL connection could be had: the server refused or did not
+    /// answer in time, or every pooled connection stayed busy.
+    #[error("no PostgreSQL connection while {during}")]
+    PostgresPool {
+        /// What the store was doing.
+        during: &'static str,
+        /// deadpool's error.
+        #[source]
+        source: deadpool_postgres::PoolError,
+    },
+
+    /// A PostgreSQL operation took longer than `storage.postgres_timeout_secs`;
+    /// its transaction was abandoned (and rolled back by the server) and
+    /// its connection closed.
+    #[error("PostgreSQL did not answer within {after:?} while {during}")]
+    PostgresTimeout {
+        /// What the store was doing.
+        during: &'static str,
+        /// The time allowed.
+        after: std::time::Duration,
+    },
+
+    /// The PostgreSQL server is configured so that a commit may not be on
+    /// disk when it returns (`fsync` or `synchronous_commit` is `off`): the
+    /// store refuses to run on it, since it acknowledges deposits once
+    /// committed.
+    #[error("PostgreSQL setting {setting} = {value}: commits would not be durable")]
+    NotDurable {
+        /// The setting.
+        setting: &'static str,
+        /// Its value on the server, for this role and database.
+        value: String,
+    },
+
+    /// A throwaway PostgreSQL cluster
+    /// ([`TempCluster`](crate::postgres::TempCluster), for tests and
+    /// benchmarks) could not be started.
+    #[error("could not start a temporary PostgreSQL cluster: {reason}")]
+    TempCluster {
+        /// What failed, with the end of the server's or initdb's log.
+        reason: String,
+    },
+
+    /// Rows this batch had just numbered were already in the database: a
+    /// writer that does not lock its queues first (not this store) wrote to
+    /// them. Nothing of the batch was kept.
+    #[error("concurrent write without the queue lock detected while {during}")]
+    Conflict {
+        /// What the store was doing.
+        during: &'static str,
+    },
 }
 
 /// Result alias for murmur-mailbox.

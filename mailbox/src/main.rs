@@ -7,6 +7,9 @@
 //! * `murmur-mailbox run --config FILE` runs the provider until SIGINT or
 //!   SIGTERM, then shuts down gracefully (last batch committed, replay cache
 //!   persisted, database closed).
+//! * `murmur-mailbox migrate --config FILE` creates or upgrades the tables
+//!   of the PostgreSQL database the configuration names (`run` does it too),
+//!   and prints the schema version.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +18,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use murmur_directory::clock::SystemClock;
-use murmur_mailbox::{Config, ExampleOptions, init_dir, load_identity, start_mailbox};
+use murmur_mailbox::{
+    Backend, Config, ExampleOptions, PostgresStore, init_dir, load_identity, start_mailbox,
+};
 use murmur_mixnode::config::AuthorityPin;
 use murmur_wire::IdentityKey;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +74,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Creates or upgrades the tables of the PostgreSQL database that the
+    /// configuration names (storage.backend = "postgres"), prints the
+    /// schema version and exits. `run` does the same at start; this lets a
+    /// more privileged role migrate before the providers start.
+    Migrate {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,7 +132,22 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config } => run(config),
+        Command::Migrate { config } => migrate(config),
     }
+}
+
+fn migrate(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let settings = config
+        .storage
+        .postgres()
+        .filter(|_| config.storage.backend == Backend::Postgres)
+        .context(
+            "storage.backend is not \"postgres\": nothing to migrate (run creates and checks mailbox.redb)",
+        )?;
+    let store = PostgresStore::open(&settings, config.storage.quota())?;
+    println!("schema version {}", store.schema_version());
+    Ok(())
 }
 
 fn parse_authority(s: &str) -> anyhow::Result<AuthorityPin> {

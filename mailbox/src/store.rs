@@ -1,5 +1,8 @@
-//! Queue storage: the [`Store`] trait and its one real implementation on
-//! redb, [`RedbStore`].
+//! Queue storage: the [`Store`] trait, its embedded implementation on redb,
+//! [`RedbStore`] (the default), and [`open_store`], which opens the backend
+//! the configuration names. The other backend, on PostgreSQL, is
+//! [`PostgresStore`]; both pass one
+//! conformance suite (`tests/store.rs`).
 //!
 //! # Layout
 //!
@@ -34,6 +37,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use murmur_wire::IdentityKey;
 use murmur_wire::mailbox::{FetchResponse, MAX_FETCH_LIMIT, QueueEntry, QueueItem};
@@ -41,7 +45,9 @@ use murmur_wire::{MessageId, QueueId, SurbId};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use redb::{TableDefinition, WriteTransaction};
 
+use crate::config::{Backend, Config};
 use crate::error::{Error, Result};
+use crate::postgres::PostgresStore;
 
 /// The version of the on-disk layout this build reads and writes.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -163,15 +169,24 @@ impl QueueInfo {
 pub struct ReapOutcome {
     /// Entries deleted because they outlived the retention time.
     pub entries: u64,
-    /// Expiry records processed (each also drops its dedup record).
+    /// Expiry records processed (each also drops its dedup record): what
+    /// `max_records` bounds. A pass that processed fewer than `max_records`
+    /// left nothing expired behind.
     pub records: u64,
 }
 
-/// Where queues live. One real implementation, [`RedbStore`]; the trait is
-/// here so tests (and future backends) can stand in for it.
+/// Where queues live: [`RedbStore`] (embedded, the default) or
+/// [`PostgresStore`] (a database several
+/// provider processes can share). Tests can stand in for it.
 ///
 /// Every method that writes is durable when it returns `Ok`. Methods block
-/// (disk I/O): call them from a blocking thread, not an async task.
+/// (disk or network I/O): call them from a blocking thread, not an async
+/// task.
+///
+/// Sequence numbers are per queue, start at 1 and only grow; an entry
+/// becomes visible to [`fetch`](Store::fetch) only after every entry with a
+/// lower number in its queue did, so that an owner paging with `after`
+/// never skips one — also when several processes share the store.
 pub trait Store: Send + Sync + 'static {
     /// Creates queue `queue` owned by `owner`, unless `max_queues` queues
     /// exist already.
@@ -188,7 +203,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a batch of items in one durable transaction, once per
     /// (queue, kind, id), within each queue's quota. Returns one outcome per
-    /// item, in order. On `Err` nothing of the batch was written.
+    /// item, in order. On `Err` the caller must treat every item as not
+    /// stored (and acknowledge none): redb wrote nothing; PostgreSQL wrote
+    /// nothing either, unless the connection broke while the commit was in
+    /// flight, when the batch may have been stored — a retransmission is then
+    /// recognised as a duplicate and acknowledged.
     fn insert_batch(&self, batch: &[NewItem], now: u64) -> Result<Vec<InsertOutcome>>;
 
     /// Up to `limit` (capped at [`MAX_FETCH_LIMIT`]) entries with a sequence
@@ -250,7 +269,7 @@ fn entry_key(queue: &[u8; 32], seq: u64) -> [u8; 40] {
 }
 
 /// Kind byte and id of an item, its identity for deduplication.
-fn item_tag(item: &QueueItem) -> [u8; 17] {
+pub(crate) fn item_tag(item: &QueueItem) -> [u8; 17] {
     let (kind, id) = match item {
         QueueItem::Deposit { id, .. } => (1u8, *id.as_bytes()),
         QueueItem::Reply { surb_id, .. } => (2u8, *surb_id.as_bytes()),
@@ -314,7 +333,7 @@ const ENTRY_HEADER_LEN: usize = 17;
 
 /// An entry's stored form: the dedup tag (kind, id), then the item's bytes.
 /// (Not postcard: serde writes a byte vector one byte at a time.)
-fn encode_item(item: &QueueItem, out: &mut Vec<u8>) {
+pub(crate) fn encode_item(item: &QueueItem, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&item_tag(item));
     match item {
@@ -324,7 +343,7 @@ fn encode_item(item: &QueueItem, out: &mut Vec<u8>) {
     }
 }
 
-fn decode_item(bytes: &[u8]) -> Option<QueueItem> {
+pub(crate) fn decode_item(bytes: &[u8]) -> Option<QueueItem> {
     let (header, rest) = bytes.split_at_checked(ENTRY_HEADER_LEN)?;
     let mut id = [0u8; 16];
     id.copy_from_slice(&header[1..]);
@@ -821,6 +840,25 @@ impl Store for RedbStore {
         txn.commit().during("committing an idle pass")?;
         Ok(deleted)
     }
+}
+
+/// Opens the store `config.storage.backend` names: `mailbox.redb` in the
+/// data directory, or the PostgreSQL database at `storage.postgres_url`
+/// (connected, checked, its tables created or upgraded). Blocks: call it
+/// from a blocking thread.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    let quota = config.storage.quota();
+    Ok(match config.storage.backend {
+        Backend::Redb => Arc::new(RedbStore::open(&config.database_path(), quota)?),
+        Backend::Postgres => {
+            let settings = config.storage.postgres().ok_or_else(|| {
+                Error::ConfigValue(
+                    "storage.backend = \"postgres\" needs storage.postgres_url".to_owned(),
+                )
+            })?;
+            Arc::new(PostgresStore::open(&settings, quota)?)
+        }
+    })
 }
 
 #[cfg(test)]

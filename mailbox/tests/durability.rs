@@ -1,11 +1,13 @@
 //! Acknowledged means durable: a child process deposits continuously and
 //! prints each acknowledgement as it leaves; it is killed with SIGKILL in the
-//! middle of writing; every acknowledged deposit is in the database after.
+//! middle of writing; every acknowledged deposit is in the database after —
+//! on each backend, redb and PostgreSQL.
 //!
 //! This runs the real write path (final-hop handler, group-commit writer,
-//! redb store) in a child process started from this test binary, under
-//! load. `tests/binary.rs` makes the same check through the
-//! `murmur-mailbox` binary's packet port, one deposit at a time.
+//! store) in a child process started from this test binary, under load.
+//! `tests/binary.rs` makes the same check through the `murmur-mailbox`
+//! binary's packet port (on PostgreSQL with two binaries sharing the
+//! database).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -17,15 +19,17 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use common::Harness;
+use common::postgres::TestDb;
 use murmur_directory::clock::SystemClock;
 use murmur_mailbox::{
-    CreateOutcome, Mailbox, Metrics, PacketSink, Quota, RedbStore, Store, WriterConfig,
+    CreateOutcome, Mailbox, Metrics, PacketSink, PostgresSettings, PostgresStore, Quota, RedbStore,
+    Store, WriterConfig,
 };
 use murmur_wire::mailbox::QueueItem;
 use murmur_wire::{Ack, IdentityKey, MessageId, NodeId, Packet, QueueId};
 
+/// Set in the child: `redb:DIR` or `postgres:URL`.
 const CHILD_ENV: &str = "MURMUR_MAILBOX_DURABILITY_CHILD";
-const TEST_NAME: &str = "acknowledged_deposits_survive_sigkill";
 const QUEUE: QueueId = QueueId::from_bytes([3; 32]);
 /// Acknowledgements to see before the kill.
 const ACKS_BEFORE_KILL: usize = 300;
@@ -38,24 +42,51 @@ impl PacketSink for ChannelSink {
     }
 }
 
+/// Where the store is, as the child is told.
+#[derive(Clone, Debug)]
+enum Backend {
+    Redb(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Backend {
+    fn from_env(spec: &str) -> Self {
+        match spec.split_once(':') {
+            Some(("redb", dir)) => Self::Redb(dir.into()),
+            Some(("postgres", url)) => Self::Postgres(url.to_owned()),
+            _ => panic!("bad {CHILD_ENV}: {spec}"),
+        }
+    }
+
+    fn to_env(&self) -> String {
+        match self {
+            Self::Redb(dir) => format!("redb:{}", dir.display()),
+            Self::Postgres(url) => format!("postgres:{url}"),
+        }
+    }
+
+    fn open(&self, quota: Quota) -> Arc<dyn Store> {
+        match self {
+            Self::Redb(dir) => Arc::new(RedbStore::open(&dir.join("m.redb"), quota).unwrap()),
+            Self::Postgres(url) => {
+                Arc::new(PostgresStore::open(&PostgresSettings::new(url.clone()), quota).unwrap())
+            }
+        }
+    }
+}
+
 /// The child: deposits until killed, printing `ACKED <id>` per opened ack.
-fn child(dir: &str) {
+fn child(backend: &Backend) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let _guard = runtime.enter();
-    let store = Arc::new(
-        RedbStore::open(
-            &std::path::Path::new(dir).join("m.redb"),
-            Quota {
-                max_messages: 1_000_000,
-                max_bytes: u64::MAX,
-            },
-        )
-        .unwrap(),
-    );
+    let store = backend.open(Quota {
+        max_messages: 1_000_000,
+        max_bytes: u64::MAX,
+    });
     let (tx, rx) = mpsc::channel();
     let (mailbox, _writer) = Mailbox::start(
         store,
@@ -96,15 +127,38 @@ fn child(dir: &str) {
 }
 
 #[test]
-fn acknowledged_deposits_survive_sigkill() {
-    if let Ok(dir) = std::env::var(CHILD_ENV) {
-        child(&dir);
+fn acknowledged_deposits_survive_sigkill_redb() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        child(&Backend::from_env(&spec));
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.redb");
+    kill_mid_write(
+        "acknowledged_deposits_survive_sigkill_redb",
+        &Backend::Redb(dir.path().to_owned()),
+    );
+}
+
+#[test]
+fn acknowledged_deposits_survive_sigkill_postgres() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        child(&Backend::from_env(&spec));
+        return;
+    }
+    let Some(db) = TestDb::new("acknowledged_deposits_survive_sigkill_postgres") else {
+        return;
+    };
+    kill_mid_write(
+        "acknowledged_deposits_survive_sigkill_postgres",
+        &Backend::Postgres(db.url()),
+    );
+}
+
+/// Runs `test` (this very test) as the child on `backend`, kills it once
+/// it has acknowledged enough, and checks the store.
+fn kill_mid_write(test: &str, backend: &Backend) {
     {
-        let store = RedbStore::open(&path, Quota::default()).unwrap();
+        let store = backend.open(Quota::default());
         assert_eq!(
             store
                 .create_queue(&QUEUE, &IdentityKey([3; 32]), 1, 10)
@@ -113,8 +167,8 @@ fn acknowledged_deposits_survive_sigkill() {
         );
     }
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir.path())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, backend.to_env())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -143,7 +197,7 @@ fn acknowledged_deposits_survive_sigkill() {
         }
     }
 
-    let store = RedbStore::open(&path, Quota::default()).unwrap();
+    let store = backend.open(Quota::default());
     let mut stored = HashSet::new();
     let mut after = 0;
     loop {

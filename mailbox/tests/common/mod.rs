@@ -239,6 +239,8 @@ pub fn owner_body(
     )
 }
 
+pub mod postgres;
+
 // ------------------------------------------------------------- whole daemons
 
 pub mod net {
@@ -259,7 +261,9 @@ pub mod net {
     use murmur_net::LinkSettings;
     use murmur_net::http::LinkHttpClient;
     use murmur_wire::link::Purpose;
-    use murmur_wire::mailbox::{CreateQueueResponse, FetchResponse, OwnerOp, OwnerResponse};
+    use murmur_wire::mailbox::{
+        CreateQueueResponse, FetchResponse, OwnerOp, OwnerResponse, QueueEntry,
+    };
     use murmur_wire::{
         DEPOSIT_BODY_SIZE, Deposit, FinalPayload, Hop, LinkPublicKey, LinkSecretKey, MessageId,
         NodeId, Packet, PacketCodec, QueueId, Role, Route, SurbId, SurbRecovery,
@@ -466,15 +470,35 @@ pub mod net {
         }
 
         pub async fn fetch(&self, key: &SigningKey, queue: QueueId) -> FetchResponse {
-            let op = OwnerOp::Fetch {
-                after: 0,
-                limit: 256,
-            };
+            self.fetch_after(key, queue, 0).await
+        }
+
+        /// Up to 256 entries numbered above `after`.
+        pub async fn fetch_after(
+            &self,
+            key: &SigningKey,
+            queue: QueueId,
+            after: u64,
+        ) -> FetchResponse {
+            let op = OwnerOp::Fetch { after, limit: 256 };
             let body = owner_body(key, queue, op, self.clock.now_secs(), self.nonce());
             OwnerResponse::from_bytes(&self.post("/v1/queue", body).await)
                 .unwrap()
                 .fetched()
                 .unwrap()
+        }
+
+        /// Every entry of the queue, page by page.
+        pub async fn fetch_all(&self, key: &SigningKey, queue: QueueId) -> Vec<QueueEntry> {
+            let mut all: Vec<QueueEntry> = Vec::new();
+            loop {
+                let after = all.last().map_or(0, |e| e.seq);
+                let page = self.fetch_after(key, queue, after).await;
+                all.extend(page.entries);
+                if !page.more {
+                    return all;
+                }
+            }
         }
 
         /// Fetches until the queue holds at least `n` entries.
