@@ -1,11 +1,13 @@
 //! The policies nodes, clients and the simulator share, as pure functions:
 //! per-hop delays, path selection, the Poisson send schedule with cover
-//! traffic (Loopix), and epoch arithmetic.
+//! traffic (Loopix), acknowledgement timeouts and retransmission backoff,
+//! suspicion of mixes that lose packets, and epoch arithmetic.
 //!
 //! Randomness and time come in as arguments. The daemons call these with a
 //! real RNG and the wall clock; the simulator with a seeded RNG and virtual
 //! time. That is what makes the simulator study the real thing.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use rand::{Rng, RngExt};
@@ -294,6 +296,100 @@ impl ClientSchedule {
             }
         }
         Some((at, stream))
+    }
+}
+
+/// How long a sender waits for a packet's acknowledgement before it tries
+/// again: the 99.9th percentile of the six exponential mix delays a packet
+/// and its acknowledgement cross (capped by the maximum delay), plus two
+/// fetch intervals (the acknowledgement waits in the sender's queue until
+/// the next fetch) and a second of slack.
+pub fn ack_timeout(params: &NetworkParams, fetch_interval: Duration) -> Duration {
+    let hops = 2 * MIX_LAYERS as u32;
+    let delays = erlang_quantile(hops, Duration::from_micros(params.mean_delay_us), 0.999)
+        .min(Duration::from_micros(params.max_delay_us).saturating_mul(hops));
+    delays + fetch_interval.saturating_mul(2) + Duration::from_secs(1)
+}
+
+/// The timeout of a packet's `tries`-th try (from 1): the base doubled
+/// after each timeout of the same packet, up to four times the base, so
+/// that a slow network is not flooded with retransmissions and a message
+/// survives a longer outage.
+pub fn retry_timeout(base: Duration, tries: u32) -> Duration {
+    base.saturating_mul(1u32 << tries.saturating_sub(1).min(2))
+}
+
+/// A mix is avoided after this many timeouts of packets through it, since
+/// it last carried one.
+pub const SUSPECT_AFTER: u32 = 2;
+
+/// Which mixes a sender avoids because packets through them were lost.
+///
+/// A timed-out try blames every mix of its routes (the packet's and its
+/// acknowledgement's) that has not *since* carried a try sent at or after
+/// it; an acknowledged try clears its mixes. A mix blamed
+/// [`SUSPECT_AFTER`] times is avoided — but a layer is never avoided whole:
+/// if every mix of a layer is suspect, only those blamed more than the
+/// least-blamed of the layer are. Times are the sender's clock.
+#[derive(Clone, Debug, Default)]
+pub struct Suspicion {
+    blame: HashMap<NodeId, u32>,
+    /// Per mix, the send time of the latest acknowledged try through it.
+    proven: HashMap<NodeId, Duration>,
+}
+
+impl Suspicion {
+    /// A try sent at `sent_at` through `route` timed out.
+    pub fn timed_out(&mut self, route: &[NodeId], sent_at: Duration) {
+        for node in route {
+            if self.proven.get(node).is_none_or(|p| *p < sent_at) {
+                *self.blame.entry(*node).or_default() += 1;
+            }
+        }
+    }
+
+    /// A try sent at `sent_at` through `route` was acknowledged.
+    pub fn carried(&mut self, route: &[NodeId], sent_at: Duration) {
+        for node in route {
+            self.blame.remove(node);
+            let proven = self.proven.entry(*node).or_insert(sent_at);
+            *proven = (*proven).max(sent_at);
+        }
+    }
+
+    /// Timeouts blamed on `node` since it last carried a packet.
+    pub fn blame_of(&self, node: &NodeId) -> u32 {
+        self.blame.get(node).copied().unwrap_or(0)
+    }
+
+    /// The mixes to avoid now.
+    pub fn avoided(&self, consensus: &VerifiedConsensus) -> HashSet<NodeId> {
+        let mut avoid = HashSet::new();
+        for layer in consensus.layers() {
+            let least = layer
+                .iter()
+                .map(|n| self.blame_of(&n.id))
+                .min()
+                .unwrap_or(0);
+            let bar = if least >= SUSPECT_AFTER {
+                least + 1
+            } else {
+                SUSPECT_AFTER
+            };
+            avoid.extend(
+                layer
+                    .iter()
+                    .filter(|n| self.blame_of(&n.id) >= bar)
+                    .map(|n| n.id),
+            );
+        }
+        avoid
+    }
+
+    /// Forgets mixes that left the network, so the maps stay small.
+    pub fn retain(&mut self, consensus: &VerifiedConsensus) {
+        self.blame.retain(|id, _| consensus.node(id).is_some());
+        self.proven.retain(|id, _| consensus.node(id).is_some());
     }
 }
 
