@@ -455,8 +455,7 @@ async fn links_cut_and_restored_lose_nothing() {
     let mut options = NetOptions::default();
     let names = harness::mix_names(options.width);
     let proxies = harness::proxy_nodes(&mut options, &names, 0);
-    let mut net = Net::start(options).await;
-    harness::connect_proxies(&net, &proxies);
+    let mut net = Net::start_proxied(options, &proxies).await;
     let token = CancellationToken::new();
     let consensus = follower(&net, &token).await;
     let dir = tempfile::tempdir().unwrap();
@@ -624,8 +623,7 @@ async fn a_slow_reading_next_hop_costs_bounded_drops_only_on_its_link() {
             ],
         );
     }
-    let mut net = Net::start(options).await;
-    harness::connect_proxies(&net, &proxies);
+    let mut net = Net::start_proxied(options, &proxies).await;
     let token = CancellationToken::new();
     let consensus = follower(&net, &token).await;
     let dir = tempfile::tempdir().unwrap();
@@ -756,8 +754,7 @@ async fn garbage_and_replays_at_a_mix_and_a_mailbox_change_nothing() {
     let mut names = harness::mix_names(options.width);
     names.push("mailbox-1".into());
     let proxies = harness::proxy_nodes(&mut options, &names, 1 << 20);
-    let mut net = Net::start(options).await;
-    harness::connect_proxies(&net, &proxies);
+    let mut net = Net::start_proxied(options, &proxies).await;
     for p in proxies.values() {
         p.record();
     }

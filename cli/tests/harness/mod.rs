@@ -371,6 +371,16 @@ impl Net {
     /// Starts a whole network of processes and waits until every node
     /// holds a consensus listing all of them.
     pub async fn start(options: NetOptions) -> Net {
+        Self::start_proxied(options, &HashMap::new()).await
+    }
+
+    /// Starts the network with `proxies` (from [`proxy_nodes`]) in front of
+    /// their nodes' packet ports, pointed at them before any node starts:
+    /// the authorities' reachability probe goes through the proxy.
+    pub async fn start_proxied(
+        options: NetOptions,
+        proxies: &HashMap<String, proxy::Proxy>,
+    ) -> Net {
         let dir = tempfile::tempdir().unwrap();
         let opts = options.clone();
         let root = dir.path().to_owned();
@@ -397,6 +407,7 @@ impl Net {
             mailboxes,
             network,
         };
+        connect_proxies(&net, proxies);
         for a in &mut net.authorities {
             a.daemon.start();
         }
