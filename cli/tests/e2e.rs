@@ -341,3 +341,57 @@ async fn mailboxes_and_mixes_store_neither_plaintext_nor_sender() {
     net.token.cancel();
     net.devnet.shutdown().await;
 }
+
+/// Dropping a client (without `shutdown`) stops every task it started —
+/// the core's driver, fetches, links, the storage worker — and releases
+/// its database. The client runs on a runtime of its own, so the count of
+/// live tasks there is the client's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_client_stops_all_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(dir.path()).await;
+    let (alice, bob) = pair(dir.path(), &net).await;
+    alice.shutdown().await;
+    let home = dir.path().join("alice");
+    let consensus = net.consensus.clone();
+    let (alive_running, alive_after) = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let running = rt.block_on(async {
+            let alice = Client::open(&home, consensus.clone(), client_options())
+                .await
+                .unwrap();
+            let h = alice.send_text("bob", "before the drop").await.unwrap();
+            tokio::time::timeout(Duration::from_secs(60), h.delivered())
+                .await
+                .unwrap()
+                .unwrap();
+            let running = tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks();
+            drop(alice);
+            running
+        });
+        let metrics = rt.metrics();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metrics.num_alive_tasks() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let after = metrics.num_alive_tasks();
+        // The database is free again: every handle on it is gone.
+        let reopened = rt.block_on(Client::open(&home, consensus, client_options()));
+        assert!(reopened.is_ok(), "the store is still held: {reopened:?}");
+        (running, after)
+    })
+    .await
+    .unwrap();
+    assert!(alive_running >= 3, "the client ran tasks: {alive_running}");
+    assert_eq!(alive_after, 0, "tasks left running after the drop");
+
+    bob.shutdown().await;
+    net.token.cancel();
+    net.devnet.shutdown().await;
+}

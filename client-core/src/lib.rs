@@ -509,9 +509,9 @@ impl Core {
         self.send.messages()
     }
 
-    /// Whether fragments wait for their (next) try.
-    pub fn has_waiting(&self) -> bool {
-        self.send.has_ready()
+    /// Fragments waiting for their (next) try.
+    pub fn waiting(&self) -> usize {
+        self.send.waiting()
     }
 
     /// The mixes avoided now because packets through them were lost.

@@ -115,8 +115,8 @@ impl Sender {
         self.deadlines.first().map(|(t, _)| *t)
     }
 
-    pub(crate) fn has_ready(&self) -> bool {
-        !self.retry.is_empty() || !self.ready.is_empty()
+    pub(crate) fn waiting(&self) -> usize {
+        self.frags.values().filter(|t| t.deadline.is_none()).count()
     }
 
     /// The mixes avoided now.

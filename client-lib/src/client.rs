@@ -1,15 +1,18 @@
 //! The client: its public API and the state its background tasks share.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use murmur_wire::{MessageId, NodeId, QueueId, SurbId, SurbRecovery, VerifiedConsensus};
-use tokio::sync::{Notify, broadcast, watch};
+use murmur_client_core::{Config, Core, Destination};
+use murmur_wire::{MessageId, NodeId, QueueId, VerifiedConsensus};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::driver::{self, State, StoreJob};
 
 use crate::error::{Error, Result};
 use crate::fragment::{self, FragmentKey};
@@ -22,7 +25,6 @@ use crate::store::{
     ContactRecord, ContactState, OutFragment, OutMessage, OutState, OwnedQueue, Profile, Received,
     Store,
 };
-use crate::{receive, send};
 
 /// The largest message (text or file) a client sends, in bytes.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
@@ -191,80 +193,58 @@ pub(crate) struct Counters {
     pub(crate) retransmissions: AtomicU64,
     pub(crate) drop_cover_sent: AtomicU64,
     pub(crate) loop_cover_sent: AtomicU64,
-    pub(crate) loops_returned: AtomicU64,
     pub(crate) acks: AtomicU64,
     pub(crate) bad_entries: AtomicU64,
     pub(crate) delivered: AtomicU64,
+    /// Packets whose first hop left the consensus before they were sent.
+    pub(crate) unroutable: AtomicU64,
 }
 
-/// An in-flight packet's SURB: what is needed to verify its acknowledgement.
-pub(crate) struct PendingSurb {
-    pub(crate) fragment: (MessageId, u32),
-    pub(crate) deposit_id: MessageId,
-    pub(crate) recovery: SurbRecovery,
-    pub(crate) route: Vec<NodeId>,
-    /// When this try was handed to the link.
-    pub(crate) sent_at: tokio::time::Instant,
-}
-
-/// Tracking of one unacknowledged fragment.
-#[derive(Default)]
-pub(crate) struct FragTrack {
-    pub(crate) tries: u32,
-    /// When the current try times out; `None` while waiting to be sent.
-    pub(crate) deadline: Option<tokio::time::Instant>,
-    pub(crate) surbs: Vec<SurbId>,
-    pub(crate) last_route: Vec<NodeId>,
-    /// When the current try was handed to the link.
-    pub(crate) sent_at: Option<tokio::time::Instant>,
-}
-
-/// What the send loop and the receive side share.
-#[derive(Default)]
-pub(crate) struct SendState {
-    pub(crate) ready: VecDeque<(MessageId, u32)>,
-    pub(crate) frags: HashMap<(MessageId, u32), FragTrack>,
-    pub(crate) surbs: HashMap<SurbId, PendingSurb>,
-    /// Timeouts blamed on each mix since its last success.
-    pub(crate) suspicion: HashMap<NodeId, u32>,
-    /// Per mix, the send time of the latest acknowledged try through it: a
-    /// try that times out does not blame a mix that carried a later one.
-    pub(crate) proven: HashMap<NodeId, tokio::time::Instant>,
-    /// Destination of each message being sent.
-    pub(crate) dests: HashMap<MessageId, (NodeId, QueueId)>,
-    /// Loop-cover ids sent and not returned yet (bounded).
-    pub(crate) loops: VecDeque<MessageId>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) store: Store,
+/// What the client's tasks share. The protocol core is in `state`, locked
+/// only to feed it an event or take its actions.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<Store>,
     pub(crate) profile: Profile,
     pub(crate) identity: Identity,
     pub(crate) consensus: Arc<dyn ConsensusSource>,
     pub(crate) mailbox: MailboxApi,
     pub(crate) links: Links,
     pub(crate) options: ClientOptions,
-    pub(crate) state: Mutex<SendState>,
-    pub(crate) ready_notify: Notify,
-    pub(crate) waiters: Mutex<HashMap<MessageId, watch::Sender<Progress>>>,
+    state: Mutex<State>,
+    /// Wakes the driver: the core has something new to say.
+    pub(crate) wake: Notify,
+    /// A fetch finished (for `fetch_now`).
+    pub(crate) fetched: Notify,
+    waiters: Mutex<HashMap<MessageId, watch::Sender<Progress>>>,
     pub(crate) incoming: broadcast::Sender<ReceivedMessage>,
     pub(crate) counters: Counters,
-    pub(crate) files_dir: PathBuf,
-    /// One fetch round at a time (the background loop and `fetch_now`).
-    /// One fetch round at a time; holds each queue's cursor: the entries
-    /// up to it were seen and either deleted or left (they could not be
-    /// opened: never deleted, they expire at the provider).
-    pub(crate) fetch_lock: tokio::sync::Mutex<HashMap<QueueId, u64>>,
+    files_dir: PathBuf,
+    /// The core's time origin.
+    pub(crate) origin: tokio::time::Instant,
+    store_jobs: mpsc::UnboundedSender<StoreJob>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
 }
 
-impl Inner {
-    pub(crate) fn lock_state(&self) -> std::sync::MutexGuard<'_, SendState> {
+impl Shared {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug; recover the data
         // rather than take the client down with it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn consensus(&self) -> Result<Arc<VerifiedConsensus>> {
+    /// The core's clock.
+    pub(crate) fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// Runs `job` on the storage worker, after the jobs before it. Dropped
+    /// if the client is stopping.
+    pub(crate) fn store_job(&self, job: impl FnOnce(&Store) + Send + 'static) {
+        let _ = self.store_jobs.send(Box::new(job));
+    }
+
+    pub(crate) fn current_consensus(&self) -> Result<Arc<VerifiedConsensus>> {
         self.consensus.current().ok_or_else(|| Error::Unreachable {
             reason: self
                 .consensus
@@ -273,8 +253,8 @@ impl Inner {
         })
     }
 
-    pub(crate) fn provider_http(&self, provider: &NodeId) -> Result<Endpoint> {
-        let c = self.consensus()?;
+    pub(crate) fn provider_endpoint(&self, provider: &NodeId) -> Result<Endpoint> {
+        let c = self.current_consensus()?;
         c.node(provider)
             .and_then(Endpoint::of)
             .ok_or_else(|| Error::Unreachable {
@@ -282,17 +262,12 @@ impl Inner {
             })
     }
 
-    pub(crate) fn notify_progress(&self, id: &MessageId, message: &OutMessage) {
-        let progress = Progress {
-            acked: message.acked,
-            total: message.fragments,
-            state: message.state,
-        };
+    pub(crate) fn notify_progress(&self, id: &MessageId, progress: Progress) {
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = waiters.get(id) {
             let _ = tx.send(progress);
         }
-        if message.state != OutState::Sending {
+        if progress.state != OutState::Sending {
             waiters.remove(id);
         }
     }
@@ -307,12 +282,20 @@ pub(crate) fn now_ms() -> u64 {
 
 /// A Murmur client: one person's identity, contacts and mail.
 ///
-/// Opening a client starts its background tasks (the Loopix send loop with
-/// cover traffic, retransmission, fetching); [`Client::shutdown`] stops them.
+/// Opening a client starts its background tasks (the driver of the
+/// protocol core: the Loopix streams with cover traffic, retransmission,
+/// fetching; the links; the storage worker). [`Client::shutdown`] stops
+/// them and waits; dropping the client stops them too.
 pub struct Client {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -421,7 +404,7 @@ impl Client {
                 home: home.to_owned(),
             });
         }
-        let store = Store::open(&db_path(home))?;
+        let store = Arc::new(Store::open(&db_path(home))?);
         let profile = store.profile()?.ok_or(Error::NotInitialised {
             home: home.to_owned(),
         })?;
@@ -429,17 +412,19 @@ impl Client {
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let (incoming, _) = broadcast::channel(1024);
-        let mut state = SendState::default();
-        for (id, m) in store.out_messages()? {
-            if m.state == OutState::Sending {
-                state.dests.insert(id, (m.provider, m.queue));
-            }
-        }
-        for key in store.unacked()? {
-            state.ready.push_back(key);
-            state.frags.insert(key, FragTrack::default());
-        }
-        let inner = Arc::new(Inner {
+        let mut cfg = Config::new(
+            profile.home_provider,
+            profile.ack_queue.queue,
+            profile.loop_queue.queue,
+        );
+        cfg.max_tries = options.max_tries;
+        cfg.ack_timeout = options.ack_timeout;
+        cfg.fetch_interval = options.fetch_interval;
+        cfg.max_fragments = fragment::MAX_FRAGMENTS;
+        let mut seed = [0u8; 32];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut seed);
+        let store_jobs = driver::spawn_store_worker(store.clone(), &tracker, shutdown.clone());
+        let inner = Arc::new(Shared {
             store,
             profile,
             identity,
@@ -447,17 +432,23 @@ impl Client {
             mailbox: MailboxApi::new(options.request_timeout),
             links: Links::new(tracker.clone(), shutdown.clone()),
             options,
-            state: Mutex::new(state),
-            ready_notify: Notify::new(),
+            state: Mutex::new(State::new(Core::new(cfg, seed))),
+            wake: Notify::new(),
+            fetched: Notify::new(),
             waiters: Mutex::default(),
             incoming,
             counters: Counters::default(),
             files_dir: home.join("files"),
-            fetch_lock: tokio::sync::Mutex::new(HashMap::new()),
+            origin: tokio::time::Instant::now(),
+            store_jobs,
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
         });
-        tracker.spawn(send::send_loop(inner.clone(), shutdown.clone()));
-        tracker.spawn(send::retransmit_loop(inner.clone(), shutdown.clone()));
-        tracker.spawn(receive::fetch_loop(inner.clone(), shutdown.clone()));
+        {
+            let mut st = inner.lock();
+            driver::restore(&inner, &mut st)?;
+        }
+        tracker.spawn(driver::run(inner.clone()));
         Ok(Client {
             inner,
             tracker,
@@ -465,7 +456,8 @@ impl Client {
         })
     }
 
-    /// Stops the background tasks and waits for them.
+    /// Stops the background tasks and waits for them (storage jobs already
+    /// queued are finished first).
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tracker.close();
@@ -510,7 +502,7 @@ impl Client {
             }
         };
         let provider = self.inner.profile.home_provider;
-        let http = self.inner.provider_http(&provider)?;
+        let http = self.inner.provider_endpoint(&provider)?;
         let mut secret = [0u8; 32];
         {
             use rand::Rng;
@@ -538,6 +530,7 @@ impl Client {
             created_ms: now_ms(),
             provisional_name: provisional,
         })?;
+        self.refresh_queues()?;
         invitation.to_text()
     }
 
@@ -568,14 +561,14 @@ impl Client {
         if contacts.iter().any(|c| c.name == local_name) {
             return Err(Error::ContactExists { name: local_name });
         }
-        let consensus = self.inner.consensus()?;
+        let consensus = self.inner.current_consensus()?;
         if consensus.node(&inv.provider).is_none() {
             return Err(Error::Unreachable {
                 reason: "the invitation's mailbox provider is not in the current consensus".into(),
             });
         }
         let provider = self.inner.profile.home_provider;
-        let http = self.inner.provider_http(&provider)?;
+        let http = self.inner.provider_endpoint(&provider)?;
         let queue = self
             .inner
             .mailbox
@@ -597,6 +590,7 @@ impl Client {
             provisional_name: false,
         };
         self.inner.store.add_contact(&record)?;
+        self.refresh_queues()?;
         self.queue_message(&record, hello).await?;
         Ok(local_name)
     }
@@ -740,14 +734,18 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
         {
-            let mut st = self.inner.lock_state();
-            st.dests.insert(id, (provider, queue));
-            for i in 0..message.fragments {
-                st.ready.push_back((id, i));
-                st.frags.insert((id, i), FragTrack::default());
-            }
+            let pending: Vec<u32> = (0..message.fragments).collect();
+            let now = self.inner.now();
+            let mut st = self.inner.lock();
+            st.core.queue_message(
+                id,
+                Destination { provider, queue },
+                message.fragments,
+                &pending,
+                now,
+            );
         }
-        self.inner.ready_notify.notify_one();
+        self.inner.wake.notify_one();
         Ok(SendHandle {
             id,
             rx,
@@ -782,9 +780,56 @@ impl Client {
     }
 
     /// Fetches from every queue now (the background loop also does, every
-    /// fetch interval). Returns how many messages were delivered.
+    /// fetch interval) and waits for those fetches, and the pages after
+    /// them, to be dealt with. Returns how many messages were delivered; an
+    /// error if nothing was and some fetch failed.
     pub async fn fetch_now(&self) -> Result<u64> {
-        receive::fetch_round(&self.inner).await
+        let delivered_before = self.inner.counters.delivered.load(Ordering::Relaxed);
+        let asked = self.inner.now();
+        {
+            let mut st = self.inner.lock();
+            st.fetch_failures = 0;
+            st.core.fetch_now(asked);
+        }
+        self.inner.wake.notify_one();
+        loop {
+            let done = self.inner.fetched.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.inner.lock().core.fetching(asked) {
+                break;
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(Error::Closed),
+                _ = done => {}
+                // A fetch still out after the request timeout has failed.
+                _ = tokio::time::sleep(self.inner.options.request_timeout * 2) => break,
+            }
+        }
+        // What those fetches completed is assembled and delivered by storage
+        // jobs: dispatch them, then wait for them.
+        driver::pump(&self.inner);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.store_job(move |_| {
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+        let delivered = self.inner.counters.delivered.load(Ordering::Relaxed) - delivered_before;
+        let failures = self.inner.lock().fetch_failures;
+        if delivered == 0 && failures > 0 {
+            return Err(Error::Unreachable {
+                reason: format!("{failures} fetch(es) from the mailbox provider failed"),
+            });
+        }
+        Ok(delivered)
+    }
+
+    fn refresh_queues(&self) -> Result<()> {
+        let mut st = self.inner.lock();
+        driver::refresh_queues(&self.inner, &mut st)?;
+        drop(st);
+        self.inner.wake.notify_one();
+        Ok(())
     }
 
     /// Counters since start.
@@ -796,7 +841,7 @@ impl Client {
             retransmissions: load(&c.retransmissions),
             drop_cover_sent: load(&c.drop_cover_sent),
             loop_cover_sent: load(&c.loop_cover_sent),
-            loops_returned: load(&c.loops_returned),
+            loops_returned: self.inner.lock().core.stats().loops_returned,
             acks: load(&c.acks),
             link_drops: self.inner.links.stats().dropped.load(Ordering::Relaxed),
             bad_entries: load(&c.bad_entries),
@@ -817,16 +862,13 @@ impl Client {
 
     /// Packets waiting to be sent (not counting those in flight).
     pub fn pending_packets(&self) -> usize {
-        self.inner.lock_state().ready.len()
+        self.inner.lock().core.waiting()
     }
 
     /// Mixes this client currently avoids because packets through them
     /// were not acknowledged.
     pub fn suspected_nodes(&self) -> HashSet<NodeId> {
-        match self.inner.consensus.current() {
-            Some(c) => send::suspects(&self.inner.lock_state(), &c),
-            None => HashSet::new(),
-        }
+        self.inner.lock().core.suspected()
     }
 
     /// The queue id a contact deposits into (for tests and diagnostics).

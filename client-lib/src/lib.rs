@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod driver;
 mod error;
 pub mod fragment;
 pub mod identity;

@@ -1,303 +1,244 @@
-//! The receiving side: fetching from the client's own queues (contacts'
-//! inboxes, the acknowledgement queue, the loop queue), storing what
-//! arrived durably, and only then deleting it at the mailbox.
+//! Dealing with fetched entries (on the storage worker): acknowledgements
+//! are opened with the SURB material of their try, loops are counted,
+//! deposits are opened with the contact's fragment key and stored a page
+//! per transaction; a message whose fragments are all stored is assembled,
+//! opened and delivered. What becomes of each entry goes back to the core,
+//! which decides what is deleted at the provider.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use murmur_wire::Ack;
+use murmur_client_core::EntryOutcome;
 use murmur_wire::mailbox::{QueueEntry, QueueItem};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use tokio_util::sync::CancellationToken;
+use murmur_wire::{Ack, MessageId, QueueId};
 
-use crate::client::{Inner, ReceivedMessage, now_ms};
+use crate::client::{ReceivedMessage, Shared, now_ms};
 use crate::error::{Error, Result};
 use crate::fragment::{self, FragmentKey};
 use crate::seal::{self, Body};
-use crate::send::on_acked;
-use crate::store::{ContactState, FragmentOutcome, OwnedQueue, Received};
+use crate::store::{Added, ContactRecord, ContactState, InFragment, OwnedQueue, Received, Store};
 
-#[derive(Clone)]
-enum QueueKind {
+/// What a fetched queue is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum QueueKind {
+    /// Acknowledgements of this client's packets.
     Acks,
+    /// This client's loop cover, returned.
     Loops,
-    Contact(String),
+    /// A contact's deposits.
+    Inbox,
 }
 
-/// Polls every queue once per fetch interval.
-pub(crate) async fn fetch_loop(inner: Arc<Inner>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(inner.options.fetch_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = fetch_round(&inner).await {
-            tracing::debug!(error = %e, "fetch round failed; retrying at the next interval");
-        }
-    }
-}
-
-/// One pass over every queue. Returns messages delivered.
-pub(crate) async fn fetch_round(inner: &Arc<Inner>) -> Result<u64> {
-    let mut cursors = inner.fetch_lock.lock().await;
-    let mut delivered = 0;
-    let mut first_error = None;
-    let mut queues = vec![
-        (QueueKind::Acks, inner.profile.ack_queue.clone()),
-        (QueueKind::Loops, inner.profile.loop_queue.clone()),
-    ];
-    for c in inner.store.contacts()? {
-        queues.push((QueueKind::Contact(c.name.clone()), c.inbox.clone()));
-    }
-    for (kind, queue) in queues {
-        let cursor = cursors.entry(queue.queue).or_insert(0);
-        match drain(inner, kind, &queue, cursor).await {
-            Ok(n) => delivered += n,
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    match first_error {
-        Some(e) if delivered == 0 => Err(e),
-        _ => Ok(delivered),
-    }
-}
-
-/// Fetches `queue` from after `cursor`, stores what arrived, then deletes
-/// exactly the entries dealt with. Entries that could not be opened are
-/// left at the provider (never deleted) and skipped by moving the cursor.
-async fn drain(
-    inner: &Arc<Inner>,
-    kind: QueueKind,
+/// Deals with one page of `queue`'s entries, in order; returns what became
+/// of each, up to the first that could not be stored.
+pub(crate) fn process(
+    shared: &Shared,
+    store: &Store,
+    kind: &QueueKind,
     queue: &OwnedQueue,
-    cursor: &mut u64,
-) -> Result<u64> {
-    let to = inner.provider_http(&queue.provider)?;
-    let mut rng = StdRng::from_rng(&mut rand::rng());
-    let mut delivered = 0;
-    // Bounded: a queue holds at most its quota; stop after a generous number
-    // of pages so one busy queue cannot starve the others.
-    for _ in 0..64 {
-        let resp = inner.mailbox.fetch(&mut rng, &to, queue, *cursor).await?;
-        if resp.entries.is_empty() {
-            break;
+    entries: Vec<QueueEntry>,
+) -> Vec<(u64, EntryOutcome)> {
+    match kind {
+        QueueKind::Acks => acks(shared, entries),
+        QueueKind::Loops => {
+            let mut st = shared.lock();
+            entries
+                .into_iter()
+                .map(|e| match e.item {
+                    QueueItem::Loop { id } => {
+                        st.core.on_loop_returned(id);
+                        (e.seq, EntryOutcome::Used)
+                    }
+                    _ => {
+                        shared.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
+                        (e.seq, EntryOutcome::Unopened)
+                    }
+                })
+                .collect()
         }
-        let job_inner = inner.clone();
-        let job_kind = kind.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || process(&job_inner, &job_kind, resp.entries))
-                .await
-                .map_err(|_| Error::Closed)?;
-        delivered += outcome.delivered;
-        if !outcome.delete.is_empty() {
-            inner
-                .mailbox
-                .delete(&mut rng, &to, queue, &outcome.delete)
-                .await?;
-        }
-        let stopped_early = outcome.stopped_early;
-        if let Some(seen) = outcome.seen {
-            *cursor = seen;
-        }
-        if stopped_early || !resp.more {
-            break;
+        QueueKind::Inbox => deposits(shared, store, &queue.queue, entries),
+    }
+}
+
+fn bad(shared: &Shared) -> EntryOutcome {
+    shared.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
+    EntryOutcome::Unopened
+}
+
+/// Acknowledgements: each opens with its try's recovery material, or is
+/// left (a try this client no longer tracks, after a restart or once its
+/// fragment was acknowledged: it expires at the provider).
+fn acks(shared: &Shared, entries: Vec<QueueEntry>) -> Vec<(u64, EntryOutcome)> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut opened = Vec::new();
+    for e in entries {
+        let QueueItem::Reply { surb_id, sealed } = e.item else {
+            out.push((e.seq, bad(shared)));
+            continue;
+        };
+        let pending = shared.lock().surbs.get(&surb_id).cloned();
+        let Some(pending) = pending else {
+            out.push((e.seq, EntryOutcome::Unopened));
+            continue;
+        };
+        match pending.recovery.open(&sealed).and_then(|p| Ack::parse(&p)) {
+            Ok(ack) if ack.id == pending.deposit_id => {
+                opened.push(surb_id);
+                out.push((e.seq, EntryOutcome::Used));
+            }
+            _ => out.push((e.seq, bad(shared))),
         }
     }
-    Ok(delivered)
+    let mut st = shared.lock();
+    for surb in opened {
+        st.core.on_ack(surb);
+    }
+    out
 }
 
-/// What [`process`] did with a page.
-struct Processed {
-    /// Messages delivered.
-    delivered: u64,
-    /// Entries dealt with (stored durably, or used): delete them.
-    delete: Vec<u64>,
-    /// The last entry looked at, if any: the new cursor.
-    seen: Option<u64>,
-    /// A storage error stopped processing: the rest is fetched again.
-    stopped_early: bool,
-}
-
-/// Handles entries in order. Entries that were stored or used are to be
-/// deleted; entries that could not be opened (garbage, a wrong key, an
-/// acknowledgement this client no longer tracks) are left alone. Processing
-/// stops at the first storage error, before the cursor passes the entry, so
-/// it is fetched again.
-fn process(inner: &Inner, kind: &QueueKind, entries: Vec<QueueEntry>) -> Processed {
-    let mut out = Processed {
-        delivered: 0,
-        delete: Vec::new(),
-        seen: None,
-        stopped_early: false,
+/// Deposits into a contact's inbox: opened, checked, stored in one
+/// transaction, then counted by the core.
+fn deposits(
+    shared: &Shared,
+    store: &Store,
+    queue: &QueueId,
+    entries: Vec<QueueEntry>,
+) -> Vec<(u64, EntryOutcome)> {
+    let contact = match store.contacts() {
+        Ok(cs) => cs.into_iter().find(|c| c.inbox.queue == *queue),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read contacts; will fetch again");
+            return entries
+                .first()
+                .map(|e| vec![(e.seq, EntryOutcome::NotStored)])
+                .unwrap_or_default();
+        }
     };
-    for entry in entries {
-        let result = match (&kind, entry.item) {
-            (QueueKind::Acks, QueueItem::Reply { surb_id, sealed }) => {
-                Ok(Dealt::from(handle_ack(inner, &surb_id, &sealed)))
+    let Some(contact) = contact else {
+        return entries.iter().map(|e| (e.seq, bad(shared))).collect();
+    };
+    let key = FragmentKey::derive(&contact.secret, queue);
+    // Open and check every entry first; `slots[i]` is the position in
+    // `fragments` of entry i's fragment, if it has one.
+    let mut out = Vec::with_capacity(entries.len());
+    let mut fragments = Vec::new();
+    let mut slots = Vec::with_capacity(entries.len());
+    {
+        let st = shared.lock();
+        for e in &entries {
+            let opened = match &e.item {
+                QueueItem::Deposit { body, .. } => fragment::open(&key, queue, body).ok(),
+                _ => None,
+            };
+            let Some(f) = opened else {
+                slots.push(None);
+                out.push((e.seq, bad(shared)));
+                continue;
+            };
+            if st
+                .core
+                .check_fragment(queue, &f.message_id, f.index, f.count)
+                .is_err()
+            {
+                slots.push(None);
+                out.push((e.seq, bad(shared)));
+                continue;
             }
-            (QueueKind::Loops, QueueItem::Loop { id }) => {
-                let mut st = inner.lock_state();
-                if let Some(pos) = st.loops.iter().position(|l| *l == id) {
-                    st.loops.remove(pos);
-                    inner
-                        .counters
-                        .loops_returned
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                // A loop carries nothing to open: ours, returned.
-                Ok(Dealt::Used)
+            slots.push(Some(fragments.len()));
+            out.push((e.seq, EntryOutcome::Used));
+            fragments.push(f);
+        }
+    }
+    if fragments.is_empty() {
+        return out;
+    }
+    let batch: Vec<InFragment<'_>> = fragments
+        .iter()
+        .map(|f| InFragment {
+            message: f.message_id,
+            index: f.index,
+            count: f.count,
+            chunk: &f.chunk,
+        })
+        .collect();
+    let added = match store.add_fragments(queue, &batch, now_ms()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not store fetched fragments; will fetch them again");
+            // Everything up to the first fragment stands; from it on, fetched again.
+            let first = slots.iter().position(Option::is_some).unwrap_or(0);
+            out.truncate(first);
+            if let Some(e) = entries.get(first) {
+                out.push((e.seq, EntryOutcome::NotStored));
             }
-            (QueueKind::Contact(name), QueueItem::Deposit { body, .. }) => {
-                handle_deposit(inner, name, &body)
-            }
-            _ => {
-                inner.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
-                Ok(Dealt::Unopened)
-            }
+            return out;
+        }
+    };
+    let mut st = shared.lock();
+    let now = shared.now();
+    for (i, slot) in slots.iter().enumerate() {
+        let Some(j) = *slot else { continue };
+        let (Some(f), Some(a)) = (fragments.get(j), added.get(j)) else {
+            continue;
         };
-        match result {
-            Ok(dealt) => {
-                if dealt == Dealt::Delivered {
-                    out.delivered += 1;
+        match a {
+            Added::New => {
+                if st
+                    .core
+                    .on_fragment(*queue, f.message_id, f.index, f.count, now)
+                    .is_err()
+                {
+                    shared.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
                 }
-                if dealt != Dealt::Unopened {
-                    out.delete.push(entry.seq);
-                }
-                out.seen = Some(entry.seq);
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not store a fetched entry; will fetch it again");
-                out.stopped_early = true;
-                break;
+            Added::Duplicate => {}
+            Added::CountMismatch => {
+                shared.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
+                if let Some(o) = out.get_mut(i) {
+                    o.1 = EntryOutcome::Unopened;
+                }
             }
         }
     }
     out
 }
 
-/// What became of one fetched entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dealt {
-    /// It completed a message, now delivered and stored.
-    Delivered,
-    /// It was opened and stored or used (a fragment, an acknowledgement, a
-    /// loop, a duplicate of something stored).
-    Used,
-    /// It could not be opened: left at the provider.
-    Unopened,
-}
-
-impl From<bool> for Dealt {
-    fn from(opened: bool) -> Self {
-        if opened { Dealt::Used } else { Dealt::Unopened }
-    }
-}
-
-/// True if the acknowledgement opened (it was ours and is now used).
-fn handle_ack(inner: &Inner, surb_id: &murmur_wire::SurbId, sealed: &[u8]) -> bool {
-    let pending = {
-        let st = inner.lock_state();
-        st.surbs.get(surb_id).map(|p| {
-            (
-                p.fragment,
-                p.deposit_id,
-                p.recovery.clone(),
-                p.route.clone(),
-                p.sent_at,
-            )
-        })
-    };
-    let Some((key, deposit_id, recovery, route, sent_at)) = pending else {
-        // An acknowledgement for a try this client no longer tracks (after a
-        // restart, or a fragment acknowledged already): it cannot be opened,
-        // so it is left to expire at the provider.
-        return false;
-    };
-    match recovery.open(sealed).and_then(|p| Ack::parse(&p)) {
-        Ok(ack) if ack.id == deposit_id => {
-            on_acked(inner, key, &route, sent_at);
-            true
+/// Every fragment of `message` is stored: assembles, opens and delivers
+/// it. A message that does not open is counted and discarded.
+pub(crate) fn complete(shared: &Shared, store: &Store, queue: &QueueId, message: &MessageId) {
+    match deliver(shared, store, queue, message) {
+        Ok(()) => {}
+        Err(Error::Crypto(_)) => {
+            shared.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = store.discard_partial(queue, message) {
+                tracing::warn!(error = %e, "could not discard a message that did not open");
+            }
         }
-        _ => {
-            inner.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
-            false
+        Err(e) => {
+            tracing::warn!(error = %e, "could not deliver a complete message; it stays stored");
         }
     }
 }
 
-/// A deposit in a contact's inbox queue. A body that does not open under
-/// the contact's fragment key is counted and left ([`Dealt::Unopened`]);
-/// once it opened, the entry is the contact's and is used, even if the
-/// message it completes then fails to open (counted, discarded). Storage
-/// failures are errors.
-fn handle_deposit(inner: &Inner, name: &str, body: &[u8]) -> Result<Dealt> {
-    let Some(contact) = inner.store.contact(name)? else {
-        return Ok(Dealt::Unopened);
+fn deliver(shared: &Shared, store: &Store, queue: &QueueId, message: &MessageId) -> Result<()> {
+    let Some(sealed) = store.assemble(queue, message)? else {
+        return Ok(());
     };
-    let queue = contact.inbox.queue;
-    let key = FragmentKey::derive(&contact.secret, &queue);
-    let bad = |dealt| {
-        inner.counters.bad_entries.fetch_add(1, Ordering::Relaxed);
-        Ok(dealt)
+    let Some(contact) = store
+        .contacts()?
+        .into_iter()
+        .find(|c| c.inbox.queue == *queue)
+    else {
+        return Err(Error::Crypto("no contact owns the queue"));
     };
-    let Ok(frag) = fragment::open(&key, &queue, body) else {
-        return bad(Dealt::Unopened);
-    };
-    let sealed = match inner.store.add_fragment(
-        &queue,
-        &frag.message_id,
-        frag.index,
-        frag.count,
-        &frag.chunk,
-    ) {
-        Ok(FragmentOutcome::Complete(sealed)) => sealed,
-        Ok(_) => return Ok(Dealt::Used),
-        Err(Error::Crypto(_)) => return bad(Dealt::Used),
-        Err(e) => return Err(e),
-    };
-    let Ok(claimed) = seal::claimed_sender(&sealed) else {
-        inner.store.discard_partial(&queue, &frag.message_id)?;
-        return bad(Dealt::Used);
-    };
+    let claimed = seal::claimed_sender(&sealed)?;
     // The first message that opens on an invitation's queue binds the
     // relation to its sender; later ones must come from the same key.
     let expected = contact.identity.unwrap_or(claimed);
-    let envelope = match seal::open(&inner.identity, &expected, &queue, &sealed) {
-        Ok(env) if env.message_id == frag.message_id => env,
-        _ => {
-            inner.store.discard_partial(&queue, &frag.message_id)?;
-            return bad(Dealt::Used);
-        }
-    };
-    let mut updated = contact.clone();
-    updated.identity = Some(expected);
-    if let Body::Hello {
-        reply_provider,
-        reply_queue,
-        name: suggested,
-    } = &envelope.body
-        && contact.state == ContactState::Invited
-    {
-        updated.address = Some((*reply_provider, *reply_queue));
-        updated.state = ContactState::Established;
-        if contact.provisional_name {
-            updated.name = free_name(inner, suggested)?;
-            updated.provisional_name = false;
-        }
+    let envelope = seal::open(&shared.identity, &expected, queue, &sealed)?;
+    if envelope.message_id != *message {
+        return Err(Error::Crypto("the message id does not match its fragments"));
     }
-    if updated.identity != contact.identity
-        || updated.state != contact.state
-        || updated.name != contact.name
-    {
-        inner.store.update_contact(&contact.name, &updated)?;
-        if updated.state == ContactState::Established && contact.state == ContactState::Invited {
-            tracing::info!("an invitation was accepted");
-        }
-    }
+    let updated = update_contact(store, &contact, expected, &envelope.body)?;
     let received = Received {
         from: updated.name.clone(),
         message_id: envelope.message_id,
@@ -306,33 +247,62 @@ fn handle_deposit(inner: &Inner, name: &str, body: &[u8]) -> Result<Dealt> {
         body: envelope.body,
         read: false,
     };
-    match inner.store.deliver(&queue, &received)? {
-        Some(seq) => {
-            inner.counters.delivered.fetch_add(1, Ordering::Relaxed);
-            let _ = inner.incoming.send(ReceivedMessage {
-                seq,
-                message: received,
-            });
-            Ok(Dealt::Delivered)
-        }
-        None => Ok(Dealt::Used),
+    if let Some(seq) = store.deliver(queue, &received)? {
+        shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        let _ = shared.incoming.send(ReceivedMessage {
+            seq,
+            message: received,
+        });
     }
+    Ok(())
+}
+
+/// Binds the contact to the sender's identity; a hello on an invitation's
+/// queue establishes the relation (and names it, if the name was
+/// provisional).
+fn update_contact(
+    store: &Store,
+    contact: &ContactRecord,
+    identity: crate::identity::IdentityPublic,
+    body: &Body,
+) -> Result<ContactRecord> {
+    let mut updated = contact.clone();
+    updated.identity = Some(identity);
+    if let Body::Hello {
+        reply_provider,
+        reply_queue,
+        name: suggested,
+    } = body
+        && contact.state == ContactState::Invited
+    {
+        updated.address = Some((*reply_provider, *reply_queue));
+        updated.state = ContactState::Established;
+        if contact.provisional_name {
+            updated.name = free_name(store, suggested)?;
+            updated.provisional_name = false;
+        }
+    }
+    if updated.identity != contact.identity
+        || updated.state != contact.state
+        || updated.name != contact.name
+    {
+        store.update_contact(&contact.name, &updated)?;
+        if updated.state == ContactState::Established && contact.state == ContactState::Invited {
+            tracing::info!("an invitation was accepted");
+        }
+    }
+    Ok(updated)
 }
 
 /// `suggested`, or `suggested-2`, `-3`, … if taken (invalid suggestions
 /// become `contact`).
-fn free_name(inner: &Inner, suggested: &str) -> Result<String> {
+fn free_name(store: &Store, suggested: &str) -> Result<String> {
     let base = if crate::invite::check_name(suggested).is_ok() {
         suggested.to_owned()
     } else {
         "contact".to_owned()
     };
-    let taken: Vec<String> = inner
-        .store
-        .contacts()?
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
+    let taken: Vec<String> = store.contacts()?.into_iter().map(|c| c.name).collect();
     if !taken.contains(&base) {
         return Ok(base);
     }

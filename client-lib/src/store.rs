@@ -744,3 +744,135 @@ mod tests {
         assert!(s.contact("al").unwrap().is_some());
     }
 }
+
+// TEMPORARY (replaced by the encrypted store's reassembly API).
+/// A received fragment to store.
+#[derive(Clone, Copy, Debug)]
+pub struct InFragment<'a> {
+    /// Its message.
+    pub message: MessageId,
+    /// Its index.
+    pub index: u32,
+    /// Fragments in the message.
+    pub count: u32,
+    /// Its chunk of the sealed message.
+    pub chunk: &'a [u8],
+}
+
+/// What storing a fragment did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Added {
+    /// Stored.
+    New,
+    /// Stored before, or its message was delivered.
+    Duplicate,
+    /// Its count differs from its message's other fragments: not stored.
+    CountMismatch,
+}
+
+/// A partial message, for restoring after a restart.
+#[derive(Clone, Debug)]
+pub struct PartialInfo {
+    /// Its queue.
+    pub queue: QueueId,
+    /// Its id.
+    pub message: MessageId,
+    /// Fragments in all.
+    pub count: u32,
+    /// Indexes stored.
+    pub have: Vec<u32>,
+    /// First stored, unix ms.
+    pub first_ms: u64,
+}
+
+impl Store {
+    /// TEMPORARY.
+    pub fn add_fragments(
+        &self,
+        queue: &QueueId,
+        fragments: &[InFragment<'_>],
+        _now_ms: u64,
+    ) -> Result<Vec<Added>> {
+        let q = queue.to_bytes();
+        let txn = self.db.begin_write()?;
+        let mut out = Vec::with_capacity(fragments.len());
+        {
+            let delivered = txn.open_table(DELIVERED)?;
+            let mut t = txn.open_table(PARTIALS)?;
+            for f in fragments {
+                let m = f.message.to_bytes();
+                if delivered.get(m)?.is_some() || t.get((q, m, f.index))?.is_some() {
+                    out.push(Added::Duplicate);
+                    continue;
+                }
+                let mismatch = match t.range((q, m, 0)..=(q, m, u32::MAX))?.next() {
+                    Some(row) => {
+                        let (_, v) = row?;
+                        v.value().get(..4) != Some(&f.count.to_be_bytes()[..])
+                    }
+                    None => false,
+                };
+                if mismatch {
+                    out.push(Added::CountMismatch);
+                    continue;
+                }
+                let mut rec = Vec::with_capacity(4 + f.chunk.len());
+                rec.extend_from_slice(&f.count.to_be_bytes());
+                rec.extend_from_slice(f.chunk);
+                t.insert((q, m, f.index), rec.as_slice())?;
+                out.push(Added::New);
+            }
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// TEMPORARY.
+    pub fn assemble(&self, queue: &QueueId, message: &MessageId) -> Result<Option<Vec<u8>>> {
+        let (q, m) = (queue.to_bytes(), message.to_bytes());
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(PARTIALS)?;
+        let mut total = Vec::new();
+        let mut have = 0u32;
+        let mut count = 0u32;
+        for row in t.range((q, m, 0)..=(q, m, u32::MAX))? {
+            let (_, v) = row?;
+            let v = v.value();
+            let Some(c) = v.get(..4) else {
+                return Err(Error::Corrupt { what: "fragment" });
+            };
+            count = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+            have += 1;
+            total.extend_from_slice(&v[4..]);
+        }
+        Ok((have == count && have > 0).then_some(total))
+    }
+
+    /// TEMPORARY.
+    pub fn partials(&self) -> Result<Vec<PartialInfo>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(PARTIALS)?;
+        let mut out: Vec<PartialInfo> = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let (q, m, i) = k.value();
+            let v = v.value();
+            let Some(c) = v.get(..4) else {
+                continue;
+            };
+            let count = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+            let (queue, message) = (QueueId::from_bytes(q), MessageId::from_bytes(m));
+            match out.last_mut() {
+                Some(p) if p.queue == queue && p.message == message => p.have.push(i),
+                _ => out.push(PartialInfo {
+                    queue,
+                    message,
+                    count,
+                    have: vec![i],
+                    first_ms: 0,
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
