@@ -3,6 +3,7 @@
 
 pub mod engine;
 mod error;
+mod heap;
 pub mod params;
 pub mod plot;
 pub mod report;
