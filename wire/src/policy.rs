@@ -169,11 +169,11 @@ pub fn select_loop_mixes<'a, R: Rng + ?Sized>(
 }
 
 /// The nodes at `picks` in `layers[which]`.
-fn pick_nodes<'a, const N: usize>(
-    layers: &'a [Vec<NodeInfo>],
+fn pick_nodes<const N: usize>(
+    layers: &[Vec<NodeInfo>],
     which: [usize; N],
     picks: [usize; N],
-) -> Result<[&'a NodeInfo; N]> {
+) -> Result<[&NodeInfo; N]> {
     let nodes: Vec<&NodeInfo> = which
         .into_iter()
         .zip(picks)
