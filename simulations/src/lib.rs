@@ -6,6 +6,7 @@ mod error;
 mod heap;
 pub mod params;
 pub mod plot;
+pub mod protocol;
 pub mod report;
 pub mod study;
 
