@@ -550,9 +550,17 @@ mod tests {
             (c as f64 - e).abs() < 5.0 * sd
         };
         assert_eq!((counts[0][1], counts[0][2]), (0, 0), "avoided: never");
-        assert!(expect(counts[0][0], 2) && expect(counts[0][3], 2), "{:?}", counts[0]);
+        assert!(
+            expect(counts[0][0], 2) && expect(counts[0][3], 2),
+            "{:?}",
+            counts[0]
+        );
         assert!(counts[1].iter().all(|&c| expect(c, 5)), "{:?}", counts[1]);
-        assert!(counts[2][..3].iter().all(|&c| expect(c, 3)), "{:?}", counts[2]);
+        assert!(
+            counts[2][..3].iter().all(|&c| expect(c, 3)),
+            "{:?}",
+            counts[2]
+        );
     }
 
     #[test]
