@@ -218,6 +218,10 @@ pub struct Core {
     cfg: Config,
     rng: ChaCha20Rng,
     consensus: Option<Arc<VerifiedConsensus>>,
+    /// The acknowledgement timeout the consensus implies, computed once
+    /// per consensus (an Erlang quantile, by bisection: too dear to redo
+    /// at every send tick).
+    consensus_timeout: Option<Duration>,
     schedule: Option<(ClientSchedule, (u64, u64))>,
     send: send::Sender,
     recv: recv::Receiver,
@@ -245,6 +249,7 @@ impl Core {
             cfg,
             rng: ChaCha20Rng::from_seed(seed),
             consensus: None,
+            consensus_timeout: None,
             schedule: None,
             loops: VecDeque::new(),
             actions: VecDeque::new(),
@@ -272,6 +277,10 @@ impl Core {
             self.schedule = Some((sched, rates));
         }
         self.send.retain_known(&consensus);
+        self.consensus_timeout = Some(murmur_wire::policy::ack_timeout(
+            consensus.params(),
+            self.cfg.fetch_interval,
+        ));
         self.consensus = Some(consensus);
         // With the send stream off, waiting packets go now.
         self.flush_immediate(now);
@@ -528,13 +537,10 @@ impl Core {
     }
 
     fn base_timeout(&self) -> Duration {
-        match (self.cfg.ack_timeout, &self.consensus) {
-            (Some(t), _) => t,
-            (None, Some(c)) => {
-                murmur_wire::policy::ack_timeout(c.params(), self.cfg.fetch_interval)
-            }
-            (None, None) => Duration::from_secs(30),
-        }
+        self.cfg
+            .ack_timeout
+            .or(self.consensus_timeout)
+            .unwrap_or(Duration::from_secs(30))
     }
 
     /// With the send stream off (rate 0), real packets leave as soon as

@@ -66,73 +66,24 @@ struct Event {
     kind: Kind,
 }
 
+impl crate::heap::Timed for Event {
+    /// By time, then by the order in which they were scheduled.
+    #[inline]
+    fn key(&self) -> (u64, u64) {
+        (self.at, self.seq)
+    }
+}
+
 impl Event {
-    /// Whether `self` comes before `other`: by time, then by the order in
-    /// which they were scheduled.
+    /// Whether `self` comes before `other`.
     #[inline]
     fn before(&self, other: &Event) -> bool {
-        (self.at, self.seq) < (other.at, other.seq)
+        use crate::heap::Timed as _;
+        self.key() < other.key()
     }
 }
 
-/// A 4-ary min-heap of events: half the depth of a binary heap, and a
-/// node's children share cache lines, which matters once the heap outgrows
-/// the cache (large networks).
-#[derive(Default)]
-struct Heap {
-    v: Vec<Event>,
-}
-
-impl Heap {
-    const D: usize = 4;
-
-    fn push(&mut self, ev: Event) {
-        let mut i = self.v.len();
-        self.v.push(ev);
-        while i > 0 {
-            let parent = (i - 1) / Self::D;
-            if !ev.before(&self.v[parent]) {
-                break;
-            }
-            self.v[i] = self.v[parent];
-            i = parent;
-        }
-        self.v[i] = ev;
-    }
-
-    fn peek(&self) -> Option<&Event> {
-        self.v.first()
-    }
-
-    fn pop(&mut self) -> Option<Event> {
-        let last = self.v.pop()?;
-        if self.v.is_empty() {
-            return Some(last);
-        }
-        let top = self.v[0];
-        let n = self.v.len();
-        let mut i = 0;
-        loop {
-            let first = i * Self::D + 1;
-            if first >= n {
-                break;
-            }
-            let mut best = first;
-            for c in first + 1..(first + Self::D).min(n) {
-                if self.v[c].before(&self.v[best]) {
-                    best = c;
-                }
-            }
-            if !self.v[best].before(&last) {
-                break;
-            }
-            self.v[i] = self.v[best];
-            i = best;
-        }
-        self.v[i] = last;
-        Some(top)
-    }
-}
+type Heap = crate::heap::Heap<Event>;
 
 /// The event queue: a heap, plus a FIFO for events that are always
 /// scheduled a fixed time ahead (arrivals over fixed-latency links), which

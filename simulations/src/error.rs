@@ -38,6 +38,17 @@ pub enum Error {
     /// before the run starts).
     #[error("policy")]
     Policy(#[source] murmur_wire::Error),
+    /// The protocol model's synthetic network could not be built (its
+    /// consensus refused by the code that verifies real ones).
+    #[error("building the protocol model's network")]
+    Network(#[source] murmur_wire::Error),
+    /// The protocol model met something it cannot carry: a client core
+    /// asked for what no client should (a bug in the core or the model).
+    #[error("protocol model: {reason}")]
+    Model {
+        /// What happened.
+        reason: String,
+    },
     /// Reading or writing a file failed.
     #[error("{path}")]
     Io {

@@ -3,8 +3,10 @@
 
 pub mod engine;
 mod error;
+mod heap;
 pub mod params;
 pub mod plot;
+pub mod protocol;
 pub mod report;
 pub mod study;
 

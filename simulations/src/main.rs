@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use murmur_sim::params::Params;
+use murmur_sim::protocol::{ProtocolParams, simulate_protocol};
 use murmur_sim::study::{self, Study, SweepAxis};
 use murmur_sim::{LinkDelay, plot, simulate};
 use tracing_subscriber::EnvFilter;
@@ -27,6 +28,112 @@ enum Cmd {
     /// Simulate every point of a parameter grid, in parallel, and write a
     /// CSV and SVG plots.
     Sweep(SweepArgs),
+    /// Run the protocol model: clients that are real client cores
+    /// (murmur-client-core) with acknowledgements, retransmission, loss and
+    /// dead mixes, and print a summary (or one JSON object).
+    Protocol(ProtocolArgs),
+}
+
+/// The protocol model's parameters; each overrides its default.
+#[derive(Args)]
+struct ProtocolArgs {
+    /// Mixes per layer W (3 layers) [default: 3].
+    #[arg(long)]
+    width: Option<usize>,
+    /// Mailbox providers P [default: 2].
+    #[arg(long)]
+    providers: Option<usize>,
+    /// Clients N, each a client core [default: 50].
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Real messages per second per client (Poisson) [default: 0.1].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Fragments per message [default: 1].
+    #[arg(long)]
+    fragments: Option<u32>,
+    /// Mean per-hop delay, seconds [default: 0.05].
+    #[arg(long, value_name = "SECONDS")]
+    mean_delay: Option<f64>,
+    /// Per-hop delay clamp, seconds [default: 20 × mean delay].
+    #[arg(long, value_name = "SECONDS")]
+    max_delay: Option<f64>,
+    /// Link latency, seconds: fixed (0.005) or uniform (0.001..0.005)
+    /// [default: 0.005].
+    #[arg(long, value_name = "SECONDS")]
+    link_delay: Option<LinkDelay>,
+    /// λ: the consensus's client send rate, packets/s; 0 = no cover
+    /// [default: 2].
+    #[arg(long, value_name = "PER_SECOND")]
+    cover_rate: Option<f64>,
+    /// λ_L: the consensus's client loop rate, packets/s [default: 0.5].
+    #[arg(long, value_name = "PER_SECOND")]
+    loop_rate: Option<f64>,
+    /// How often a client fetches each queue, seconds [default: 1].
+    #[arg(long, value_name = "SECONDS")]
+    fetch_interval: Option<f64>,
+    /// Round trip of a fetch, seconds [default: 0.05].
+    #[arg(long, value_name = "SECONDS")]
+    fetch_rtt: Option<f64>,
+    /// Tries per fragment before its message fails [default: 10].
+    #[arg(long)]
+    max_tries: Option<u32>,
+    /// Acknowledgement timeout, seconds [default: from the consensus].
+    #[arg(long, value_name = "SECONDS")]
+    ack_timeout: Option<f64>,
+    /// Fraction of mixes that drop everything [default: 0].
+    #[arg(long, value_name = "FRACTION")]
+    dead_mixes: Option<f64>,
+    /// Probability that a packet is lost [default: 0].
+    #[arg(long, value_name = "PROBABILITY")]
+    loss: Option<f64>,
+    /// Messages are created for this long, seconds of virtual time
+    /// [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// The longest the run goes on for messages to settle, seconds
+    /// [default: twice a fragment's retry horizon + 60].
+    #[arg(long, value_name = "SECONDS")]
+    drain: Option<f64>,
+    /// Random seed [default: 1].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the whole report as one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ProtocolArgs {
+    fn params(&self) -> ProtocolParams {
+        let mut p = ProtocolParams::default();
+        macro_rules! set {
+            ($($field:ident),*) => {
+                $(if let Some(v) = self.$field { p.$field = v; })*
+            };
+        }
+        set!(
+            width,
+            providers,
+            clients,
+            rate,
+            fragments,
+            mean_delay,
+            link_delay,
+            cover_rate,
+            loop_rate,
+            fetch_interval,
+            fetch_rtt,
+            max_tries,
+            dead_mixes,
+            loss,
+            duration,
+            seed
+        );
+        p.max_delay = self.max_delay.or(p.max_delay);
+        p.ack_timeout = self.ack_timeout.or(p.ack_timeout);
+        p.drain = self.drain.or(p.drain);
+        p
+    }
 }
 
 #[derive(Args)]
@@ -250,6 +357,25 @@ fn sweep(args: SweepArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn protocol(args: ProtocolArgs) -> anyhow::Result<()> {
+    let p = args.params();
+    if p.cover_rate > 0.0 && p.rate * f64::from(p.fragments) >= p.cover_rate {
+        tracing::warn!(
+            rate = p.rate,
+            fragments = p.fragments,
+            cover_rate = p.cover_rate,
+            "fragments are queued at least as fast as send ticks: client outboxes grow without bound"
+        );
+    }
+    let report = simulate_protocol(&p)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -260,5 +386,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(args) => run(args),
         Cmd::Sweep(args) => sweep(args),
+        Cmd::Protocol(args) => protocol(args),
     }
 }

@@ -61,7 +61,7 @@ impl LinkDelay {
         }
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let (lo, hi) = match *self {
             LinkDelay::Fixed(d) => (d, d),
             LinkDelay::Uniform { lo, hi } => (lo, hi),

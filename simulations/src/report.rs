@@ -257,7 +257,7 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-fn latency_stats(ns: &[u64]) -> LatencyStats {
+pub(crate) fn latency_stats(ns: &[u64]) -> LatencyStats {
     let mut xs: Vec<f64> = ns.iter().map(|&v| v as f64 / NS).collect();
     xs.sort_by(f64::total_cmp);
     let (mean, std) = mean_std(&xs);

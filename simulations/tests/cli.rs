@@ -146,3 +146,54 @@ fn sweep_needs_axes() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to sweep"));
 }
+
+#[test]
+fn protocol_runs_client_cores_and_prints_a_summary_or_json() {
+    let small = [
+        "protocol",
+        "--clients",
+        "10",
+        "--width",
+        "3",
+        "--rate",
+        "0.2",
+        "--fragments",
+        "2",
+        "--dead-mixes",
+        "0.1",
+        "--duration",
+        "60",
+    ];
+    let out = sim().args(small).arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut stream = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
+    let v = stream.next().unwrap().unwrap();
+    assert!(stream.next().is_none(), "more than one JSON value");
+    assert_eq!(v["params"]["clients"], 10);
+    assert_eq!(v["params"]["fragments"], 2);
+    assert_eq!(v["mixes"].as_array().unwrap().len(), 9);
+    assert_eq!(v["suspicion"]["dead"].as_array().unwrap().len(), 1);
+    assert!(v["messages"]["created"].as_u64().unwrap() > 50);
+    assert!(v["message_latency"]["mean"].as_f64().unwrap() > 0.0);
+
+    let out = sim().args(small).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for part in [
+        "message latency",
+        "delivery latency",
+        "retransmissions",
+        "suspicion",
+    ] {
+        assert!(text.contains(part), "{text}");
+    }
+
+    let out = sim().args(["protocol", "--loss", "2"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loss"));
+}

@@ -57,26 +57,83 @@ pub fn next_poisson_interval<R: Rng + ?Sized>(rng: &mut R, rate: f64) -> Option<
     Duration::try_from_secs_f64(x / rate).ok()
 }
 
-/// Chooses one index per layer, uniformly and independently, into `out`
-/// (`out.len() == layer_sizes.len()`). Fails if a layer is empty.
+/// The path selection policy, written once: for each layer, one member
+/// chosen uniformly among those `avoid` does not reject, into `out`
+/// (`out.len() == layer_sizes.len()`). A layer whose every member is
+/// rejected is used whole (uniformly): a layer is never avoided whole, so a
+/// path always exists. `avoid(layer, index)` is asked about every member of
+/// each layer; `None` rejects nothing and costs one draw per layer whatever
+/// the layer's size. Fails if a layer is empty.
 ///
-/// This is the path selection policy; [`select_route`] applies it to a
-/// consensus, the simulator to its own topology.
-pub fn choose_per_layer<R: Rng + ?Sized>(
+/// Every other path function is this one applied to something:
+/// [`choose_per_layer`] (layer sizes, nothing avoided: the simulator's
+/// abstract network), [`select_mixes_avoiding`] and [`select_route_avoiding`]
+/// (a consensus, the sender's suspects avoided), [`select_mixes`] and
+/// [`select_route`] (nothing avoided), [`select_loop_mixes`] (a mix's own
+/// loop). The draws are the same whether or not `avoid` is given when it
+/// rejects nothing, so each of those makes the same choices from the same
+/// random stream.
+pub fn choose_path<R: Rng + ?Sized>(
     rng: &mut R,
     layer_sizes: &[usize],
+    avoid: Option<&dyn Fn(usize, usize) -> bool>,
     out: &mut [usize],
 ) -> Result<()> {
     if out.len() != layer_sizes.len() {
         return Err(Error::InvalidRoute("one output slot per layer is required"));
     }
-    for (slot, &size) in out.iter_mut().zip(layer_sizes) {
+    for (layer, (slot, &size)) in out.iter_mut().zip(layer_sizes).enumerate() {
         if size == 0 {
             return Err(Error::InvalidRoute("a mix layer is empty"));
         }
-        *slot = rng.random_range(0..size);
+        let eligible = |i: &usize| avoid.is_none_or(|f| !f(layer, *i));
+        let count = match avoid {
+            None => size,
+            Some(_) => (0..size).filter(eligible).count(),
+        };
+        *slot = if count == 0 || count == size {
+            rng.random_range(0..size)
+        } else {
+            let k = rng.random_range(0..count);
+            // `k < count`, the number of eligible indexes: `nth` finds one.
+            (0..size).filter(eligible).nth(k).unwrap_or(0)
+        };
     }
     Ok(())
+}
+
+/// Chooses one index per layer, uniformly and independently, into `out`
+/// (`out.len() == layer_sizes.len()`). Fails if a layer is empty.
+///
+/// [`choose_path`] avoiding nothing: what the simulator's abstract network
+/// (layers of indexes, no consensus) uses.
+pub fn choose_per_layer<R: Rng + ?Sized>(
+    rng: &mut R,
+    layer_sizes: &[usize],
+    out: &mut [usize],
+) -> Result<()> {
+    choose_path(rng, layer_sizes, None, out)
+}
+
+/// The mixes of one path, one per layer, chosen uniformly among those
+/// `avoid` does not reject (a layer whose every mix is rejected is used
+/// whole; see [`choose_path`]).
+pub fn select_mixes_avoiding<'a, R: Rng + ?Sized, F: Fn(&NodeId) -> bool>(
+    rng: &mut R,
+    consensus: &'a VerifiedConsensus,
+    avoid: F,
+) -> Result<[&'a NodeInfo; MIX_LAYERS]> {
+    let layers = consensus.layers();
+    let sizes: [usize; MIX_LAYERS] = std::array::from_fn(|i| layers.get(i).map_or(0, Vec::len));
+    let rejects = |layer: usize, i: usize| {
+        layers
+            .get(layer)
+            .and_then(|l| l.get(i))
+            .is_some_and(|n| avoid(&n.id))
+    };
+    let mut picks = [0usize; MIX_LAYERS];
+    choose_path(rng, &sizes, Some(&rejects), &mut picks)?;
+    pick_nodes(layers, std::array::from_fn(|i| i), picks)
 }
 
 /// The mixes of one path, one per layer, chosen uniformly (the sender draws
@@ -85,18 +142,47 @@ pub fn select_mixes<'a, R: Rng + ?Sized>(
     rng: &mut R,
     consensus: &'a VerifiedConsensus,
 ) -> Result<[&'a NodeInfo; MIX_LAYERS]> {
+    select_mixes_avoiding(rng, consensus, |_| false)
+}
+
+/// The two mixes a mix's loop-cover packet crosses before it comes back:
+/// one of each of the next two layers after `me`'s (wrapping around),
+/// uniformly. Fails if `me` is not a mix of `consensus` or a layer is
+/// empty.
+pub fn select_loop_mixes<'a, R: Rng + ?Sized>(
+    rng: &mut R,
+    consensus: &'a VerifiedConsensus,
+    me: &NodeId,
+) -> Result<[&'a NodeInfo; 2]> {
+    let layer = consensus
+        .node(me)
+        .and_then(|n| n.layer)
+        .map(usize::from)
+        .ok_or(Error::InvalidRoute("not a mix of the consensus"))?;
     let layers = consensus.layers();
-    let sizes: [usize; MIX_LAYERS] = std::array::from_fn(|i| layers.get(i).map_or(0, Vec::len));
-    let mut picks = [0usize; MIX_LAYERS];
-    choose_per_layer(rng, &sizes, &mut picks)?;
-    let mut out: [Option<&NodeInfo>; MIX_LAYERS] = [None; MIX_LAYERS];
-    for (layer, (slot, pick)) in out.iter_mut().zip(picks).enumerate() {
-        *slot = layers.get(layer).and_then(|l| l.get(pick));
-    }
-    let [Some(a), Some(b), Some(c)] = out else {
-        return Err(Error::InvalidRoute("a mix layer is empty"));
-    };
-    Ok([a, b, c])
+    let n = layers.len().max(1);
+    let which = [(layer + 1) % n, (layer + 2) % n];
+    let sizes = which.map(|l| layers.get(l).map_or(0, Vec::len));
+    let mut picks = [0usize; 2];
+    choose_path(rng, &sizes, None, &mut picks)?;
+    pick_nodes(layers, which, picks)
+}
+
+/// The nodes at `picks` in `layers[which]`.
+fn pick_nodes<const N: usize>(
+    layers: &[Vec<NodeInfo>],
+    which: [usize; N],
+    picks: [usize; N],
+) -> Result<[&NodeInfo; N]> {
+    let nodes: Vec<&NodeInfo> = which
+        .into_iter()
+        .zip(picks)
+        .map(|(layer, pick)| layers.get(layer).and_then(|l| l.get(pick)))
+        .collect::<Option<_>>()
+        .ok_or(Error::InvalidRoute("a mix layer is empty"))?;
+    nodes
+        .try_into()
+        .map_err(|_| Error::InvalidRoute("a mix layer is empty"))
 }
 
 /// A full forward route: one mix per layer (uniformly), then `provider`,
@@ -106,30 +192,13 @@ pub fn select_route<R: Rng + ?Sized>(
     consensus: &VerifiedConsensus,
     provider: &NodeId,
 ) -> Result<Route> {
-    let provider = consensus
-        .mailboxes()
-        .iter()
-        .find(|m| m.id == *provider)
-        .ok_or(Error::InvalidRoute("the provider is not in the consensus"))?;
-    let mixes = select_mixes(rng, consensus)?;
-    let mut hops: Vec<Hop> = mixes.iter().map(|n| n.hop()).collect();
-    hops.push(provider.hop());
-    let params = consensus.params();
-    let mut delays = sample_delays(
-        rng,
-        MIX_LAYERS,
-        Duration::from_micros(params.mean_delay_us),
-        Duration::from_micros(params.max_delay_us),
-    );
-    // The provider stores on arrival; its delay is not used.
-    delays.push(Duration::ZERO);
-    Route::new(hops, delays)
+    select_route_avoiding(rng, consensus, provider, |_| false)
 }
 
 /// As [`select_route`], but avoiding the mixes `avoid` returns true for
 /// (nodes that look dead), as long as a layer keeps at least one node: a
 /// layer whose every node is avoided is used whole. Choice within the
-/// remaining nodes is uniform.
+/// remaining nodes is uniform ([`choose_path`]).
 pub fn select_route_avoiding<R: Rng + ?Sized, F: Fn(&NodeId) -> bool>(
     rng: &mut R,
     consensus: &VerifiedConsensus,
@@ -141,22 +210,8 @@ pub fn select_route_avoiding<R: Rng + ?Sized, F: Fn(&NodeId) -> bool>(
         .iter()
         .find(|m| m.id == *provider)
         .ok_or(Error::InvalidRoute("the provider is not in the consensus"))?;
-    let mut hops = Vec::with_capacity(MIX_LAYERS + 1);
-    for layer in consensus.layers().iter().take(MIX_LAYERS) {
-        let healthy: Vec<&NodeInfo> = layer.iter().filter(|n| !avoid(&n.id)).collect();
-        let pick = if healthy.is_empty() {
-            if layer.is_empty() {
-                return Err(Error::InvalidRoute("a mix layer is empty"));
-            }
-            &layer[rng.random_range(0..layer.len())]
-        } else {
-            healthy[rng.random_range(0..healthy.len())]
-        };
-        hops.push(pick.hop());
-    }
-    if hops.len() != MIX_LAYERS {
-        return Err(Error::InvalidRoute("a mix layer is missing"));
-    }
+    let mixes = select_mixes_avoiding(rng, consensus, avoid)?;
+    let mut hops: Vec<Hop> = mixes.iter().map(|n| n.hop()).collect();
     hops.push(provider.hop());
     let params = consensus.params();
     let mut delays = sample_delays(
@@ -165,6 +220,7 @@ pub fn select_route_avoiding<R: Rng + ?Sized, F: Fn(&NodeId) -> bool>(
         Duration::from_micros(params.mean_delay_us),
         Duration::from_micros(params.max_delay_us),
     );
+    // The provider stores on arrival; its delay is not used.
     delays.push(Duration::ZERO);
     Route::new(hops, delays)
 }
@@ -465,6 +521,58 @@ mod tests {
         }
         assert!(choose_per_layer(&mut rng, &[1, 0, 1], &mut out).is_err());
         assert!(choose_per_layer(&mut rng, &[1, 1], &mut out).is_err());
+    }
+
+    #[test]
+    fn avoided_indexes_are_never_chosen_and_the_rest_are_uniform() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let sizes = [4usize, 5, 3];
+        // Layer 0: two of four avoided; layer 1: none; layer 2: all three
+        // (so the whole layer is used).
+        let avoid = |layer: usize, i: usize| match layer {
+            0 => i == 1 || i == 2,
+            2 => true,
+            _ => false,
+        };
+        let mut counts = [[0u32; 5]; 3];
+        let mut out = [0usize; 3];
+        let n = 60_000;
+        for _ in 0..n {
+            choose_path(&mut rng, &sizes, Some(&avoid), &mut out).unwrap();
+            for (l, &i) in out.iter().enumerate() {
+                counts[l][i] += 1;
+            }
+        }
+        let expect = |c: u32, of: usize| {
+            let e = n as f64 / of as f64;
+            // Binomial: 5 standard deviations.
+            let sd = (e * (1.0 - 1.0 / of as f64)).sqrt();
+            (c as f64 - e).abs() < 5.0 * sd
+        };
+        assert_eq!((counts[0][1], counts[0][2]), (0, 0), "avoided: never");
+        assert!(
+            expect(counts[0][0], 2) && expect(counts[0][3], 2),
+            "{:?}",
+            counts[0]
+        );
+        assert!(counts[1].iter().all(|&c| expect(c, 5)), "{:?}", counts[1]);
+        assert!(
+            counts[2][..3].iter().all(|&c| expect(c, 3)),
+            "{:?}",
+            counts[2]
+        );
+    }
+
+    #[test]
+    fn avoiding_nothing_draws_exactly_as_choosing_per_layer() {
+        let sizes = [7usize, 1, 300];
+        let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(2), ChaCha8Rng::seed_from_u64(2));
+        let (mut x, mut y) = ([0usize; 3], [0usize; 3]);
+        for _ in 0..1000 {
+            choose_per_layer(&mut a, &sizes, &mut x).unwrap();
+            choose_path(&mut b, &sizes, Some(&|_, _| false), &mut y).unwrap();
+            assert_eq!(x, y);
+        }
     }
 
     #[test]
