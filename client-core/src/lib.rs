@@ -4,10 +4,11 @@
 mod recv;
 mod send;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use murmur_wire::packet::MIX_LAYERS;
 use murmur_wire::policy::{ClientSchedule, Stream};
 use murmur_wire::{MessageId, NodeId, QueueId, Route, SurbId, VerifiedConsensus};
 use rand::SeedableRng;
@@ -225,7 +226,10 @@ pub struct Core {
     schedule: Option<(ClientSchedule, (u64, u64))>,
     send: send::Sender,
     recv: recv::Receiver,
+    /// Loops sent and not returned, oldest first, and what each proves
+    /// when it returns: its mixes and when it left.
     loops: VecDeque<MessageId>,
+    loop_routes: HashMap<MessageId, (Vec<NodeId>, Time)>,
     actions: VecDeque<Action>,
     stats: Stats,
 }
@@ -252,6 +256,7 @@ impl Core {
             consensus_timeout: None,
             schedule: None,
             loops: VecDeque::new(),
+            loop_routes: HashMap::new(),
             actions: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -349,11 +354,12 @@ impl Core {
         self.send.knows_surb(surb)
     }
 
-    /// A loop-cover packet with `id` came back.
+    /// A loop-cover packet with `id` came back: its mixes work (a mix
+    /// suspected for a neighbour's losses is cleared this way).
     pub fn on_loop_returned(&mut self, id: MessageId) {
-        if let Some(pos) = self.loops.iter().position(|l| *l == id) {
-            self.loops.remove(pos);
+        if let Some((mixes, sent_at)) = self.loop_routes.remove(&id) {
             self.stats.loops_returned += 1;
+            self.send.vouch(&mixes, sent_at);
         }
     }
 
@@ -496,7 +502,7 @@ impl Core {
                         self.send_drop_cover();
                     }
                 }
-                Stream::Loop => self.send_loop(),
+                Stream::Loop => self.send_loop(at),
             }
         }
         self.flush_immediate(now);
@@ -523,10 +529,10 @@ impl Core {
         self.send.waiting()
     }
 
-    /// The mixes avoided now because packets through them were lost.
-    pub fn suspected(&self) -> std::collections::HashSet<NodeId> {
+    /// The mixes avoided at `now` because packets through them were lost.
+    pub fn suspected(&self, now: Time) -> std::collections::HashSet<NodeId> {
         match &self.consensus {
-            Some(c) => self.send.avoided(c),
+            Some(c) => self.send.avoided(c, now),
             None => Default::default(),
         }
     }
@@ -603,7 +609,7 @@ impl Core {
             .push_back(Action::SendDropCover { route, queue });
     }
 
-    fn send_loop(&mut self) {
+    fn send_loop(&mut self, at: Time) {
         let Some(consensus) = self.consensus.clone() else {
             return;
         };
@@ -613,8 +619,19 @@ impl Core {
             return;
         };
         let id = MessageId::random(&mut self.rng);
+        let mixes = route.hops()[..MIX_LAYERS].iter().map(|h| h.id).collect();
         self.loops.push_back(id);
-        while self.loops.len() > MAX_OUTSTANDING_LOOPS {
+        self.loop_routes.insert(id, (mixes, at));
+        while self.loop_routes.len() > MAX_OUTSTANDING_LOOPS {
+            if let Some(old) = self.loops.pop_front() {
+                self.loop_routes.remove(&old);
+            }
+        }
+        while self
+            .loops
+            .front()
+            .is_some_and(|l| !self.loop_routes.contains_key(l))
+        {
             self.loops.pop_front();
         }
         self.stats.loop_cover_sent += 1;

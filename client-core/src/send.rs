@@ -120,8 +120,13 @@ impl Sender {
     }
 
     /// The mixes avoided now.
-    pub(crate) fn avoided(&self, consensus: &VerifiedConsensus) -> HashSet<NodeId> {
-        self.suspicion.avoided(consensus)
+    pub(crate) fn avoided(&self, consensus: &VerifiedConsensus, now: Time) -> HashSet<NodeId> {
+        self.suspicion.avoided(consensus, now)
+    }
+
+    /// Packets sent at `sent_at` through `mixes` came back.
+    pub(crate) fn vouch(&mut self, mixes: &[NodeId], sent_at: Time) {
+        self.suspicion.carried(mixes, sent_at);
     }
 
     pub(crate) fn retain_known(&mut self, consensus: &VerifiedConsensus) {
@@ -153,7 +158,7 @@ impl Sender {
             self.frags.remove(&fragment);
             return None;
         };
-        let avoid = self.suspicion.avoided(consensus);
+        let avoid = self.suspicion.avoided(consensus, now);
         let routes = select_route_avoiding(rng, consensus, &dest.provider, |n| avoid.contains(n))
             .and_then(|r| {
                 select_route_avoiding(rng, consensus, &home, |n| avoid.contains(n)).map(|a| (r, a))

@@ -20,14 +20,14 @@ fn suspects_need_repeated_timeouts() {
     let (a, b) = pair(0);
     let mut s = Suspicion::default();
     s.timed_out(&[a], Duration::ZERO);
-    assert!(s.avoided(&c).is_empty());
+    assert!(s.avoided(&c, Duration::ZERO).is_empty());
     for _ in 0..SUSPECT_AFTER {
         s.timed_out(&[b], Duration::ZERO);
     }
-    assert_eq!(s.avoided(&c), HashSet::from([b]));
+    assert_eq!(s.avoided(&c, Duration::ZERO), HashSet::from([b]));
     // Carrying a packet clears the blame.
     s.carried(&[b], Duration::from_secs(1));
-    assert!(s.avoided(&c).is_empty());
+    assert!(s.avoided(&c, Duration::ZERO).is_empty());
 }
 
 #[test]
@@ -41,12 +41,16 @@ fn a_layer_is_never_avoided_whole() {
     for _ in 0..SUSPECT_AFTER {
         s.timed_out(&[b], Duration::ZERO);
     }
-    assert_eq!(s.avoided(&c), HashSet::from([a]), "the least blamed stays");
+    assert_eq!(
+        s.avoided(&c, Duration::ZERO),
+        HashSet::from([a]),
+        "the least blamed stays"
+    );
     for _ in 0..3 {
         s.timed_out(&[b], Duration::ZERO);
     }
     assert!(
-        s.avoided(&c).is_empty(),
+        s.avoided(&c, Duration::ZERO).is_empty(),
         "equal blame: the layer is used whole"
     );
 }
@@ -63,14 +67,14 @@ fn a_timeout_does_not_blame_a_mix_that_carried_a_later_packet() {
     for _ in 0..2 {
         s.timed_out(&[dead, alive], t0);
     }
-    assert_eq!(s.avoided(&c), HashSet::from([dead]));
+    assert_eq!(s.avoided(&c, Duration::ZERO), HashSet::from([dead]));
     assert_eq!(s.blame_of(&alive), 0);
     // Without that proof both are blamed, and neither is avoided alone.
     let mut s = Suspicion::default();
     for _ in 0..2 {
         s.timed_out(&[dead, alive], t0);
     }
-    assert!(s.avoided(&c).is_empty());
+    assert!(s.avoided(&c, Duration::ZERO).is_empty());
 }
 
 #[test]
@@ -78,4 +82,35 @@ fn timeouts_back_off_to_four_times_the_base() {
     let base = Duration::from_secs(2);
     let t: Vec<Duration> = (1..=5).map(|k| retry_timeout(base, k)).collect();
     assert_eq!(t, [2, 4, 8, 8, 8].map(Duration::from_secs).to_vec());
+}
+
+#[test]
+fn a_suspect_is_given_another_chance_after_probation_and_loses_it_at_once() {
+    use murmur_wire::policy::PROBATION;
+    let c = common::consensus(50, 0.0, 0.0);
+    let (a, _) = pair(2);
+    let t0 = Duration::from_secs(100);
+    let mut s = Suspicion::default();
+    for _ in 0..SUSPECT_AFTER {
+        s.timed_out(&[a], t0);
+    }
+    assert!(
+        s.avoided(&c, t0 + PROBATION - Duration::from_secs(1))
+            .contains(&a)
+    );
+    let later = t0 + PROBATION;
+    assert!(s.avoided(&c, later).is_empty(), "on probation: used again");
+    assert_eq!(s.blame_of(&a), SUSPECT_AFTER, "its blame is kept");
+    // One more loss through it while on probation: avoided again, for
+    // twice as long.
+    s.timed_out(&[a], later);
+    assert!(s.avoided(&c, later + Duration::from_secs(1)).contains(&a));
+    assert!(
+        s.avoided(&c, later + 2 * PROBATION - Duration::from_secs(1))
+            .contains(&a)
+    );
+    assert!(s.avoided(&c, later + 2 * PROBATION).is_empty());
+    // Carrying a packet ends it all.
+    s.carried(&[a], later + 2 * PROBATION);
+    assert_eq!(s.blame_of(&a), 0);
 }

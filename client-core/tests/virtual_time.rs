@@ -438,18 +438,19 @@ fn lost_packets_are_retransmitted_on_fresh_routes_and_the_lossy_mix_is_suspected
     let mut w = World::new(cons, 2, |c| c.ack_timeout = Some(Duration::from_secs(3)));
     w.dead.insert(dead);
     w.send(0, 1, mid(2), 40);
-    w.run(Duration::from_secs(600));
+    // Within the probation after the last loss (PROBATION, 300 s).
+    w.run(Duration::from_secs(150));
     let (a, b) = (&w.peers[0], &w.peers[1]);
     assert_eq!(final_state(a, mid(2)), Some(MessageState::Delivered));
     assert!(a.sent.retries > 0, "some tries crossed the dead mix");
     assert_eq!(b.completed.len(), 1);
     assert!(
-        a.core.suspected().contains(&dead),
+        a.core.suspected(w.now).contains(&dead),
         "the dead mix is avoided"
     );
     assert!(a.core.blame_of(&dead) >= murmur_wire::policy::SUSPECT_AFTER);
     let alive = w.cons.layers()[1][1].id;
-    assert!(!a.core.suspected().contains(&alive));
+    assert!(!a.core.suspected(w.now).contains(&alive));
 }
 
 #[test]
@@ -641,4 +642,35 @@ fn the_same_seed_and_events_give_the_same_actions() {
     let (one, two) = (run(), run());
     assert!(one[0].len() > 1000);
     assert_eq!(one, two);
+}
+
+/// A mix avoided for losses is used again, before its probation ends,
+/// once one of the client's own loops comes back through it — which is
+/// what clears a live mix blamed for a dead neighbour's losses, or a mix
+/// that recovered.
+#[test]
+fn a_returning_loop_clears_a_suspect_mix() {
+    TOTALS.with(|t| t.borrow_mut().clear());
+    let cons = consensus(50, 0.0, 2.0);
+    let flaky = cons.layers()[1][0].id;
+    let mut w = World::new(cons, 2, |c| c.ack_timeout = Some(Duration::from_secs(3)));
+    w.dead.insert(flaky);
+    w.send(0, 1, mid(7), 40);
+    w.run(Duration::from_secs(60));
+    assert_eq!(
+        final_state(&w.peers[0], mid(7)),
+        Some(MessageState::Delivered)
+    );
+    assert!(w.peers[0].core.suspected(w.now).contains(&flaky));
+    let returned = w.peers[0].core.stats().loops_returned;
+    // It recovers; no try goes through it (it is avoided), but loops do.
+    w.dead.remove(&flaky);
+    w.run(Duration::from_secs(120));
+    let a = &w.peers[0];
+    assert!(a.core.stats().loops_returned > returned);
+    assert!(
+        !a.core.suspected(w.now).contains(&flaky),
+        "a loop came back through it, yet it is still avoided"
+    );
+    assert_eq!(a.core.blame_of(&flaky), 0);
 }

@@ -868,7 +868,7 @@ impl Client {
     /// Mixes this client currently avoids because packets through them
     /// were not acknowledged.
     pub fn suspected_nodes(&self) -> HashSet<NodeId> {
-        self.inner.lock().core.suspected()
+        self.inner.lock().core.suspected(self.inner.now())
     }
 
     /// The queue id a contact deposits into (for tests and diagnostics).

@@ -199,13 +199,11 @@ fn every_message_arrives_past_dead_mixes_and_every_core_avoids_them() {
             assert!(2 * mix.avoided_by <= p.clients, "{mix:?}");
         }
     }
-    // But not *only* the dead ones: a timed-out try blames every mix of
-    // its two routes, so the live mixes that shared routes with a dead one
-    // before it was identified collect blame too, and a mix once avoided
-    // never carries a try again to clear it (docs/simulations.md). Each
-    // core avoids a few live mixes for good, never a whole layer.
-    assert!(s.live_avoided_mean > 0.0);
-    assert!(s.live_avoided_mean < 5.0, "{}", s.live_avoided_mean);
+    // And hardly any live one: a timed-out try blames every mix of its two
+    // routes, so live mixes that shared routes with a dead one collect
+    // blame too, but the client's loops coming back through them clear it
+    // (policy::Suspicion), so few stay avoided at the end.
+    assert!(s.live_avoided_mean < 0.5, "{}", s.live_avoided_mean);
     for mix in r.mixes.iter().filter(|m| !m.dead) {
         assert!(mix.traversals > 0);
     }

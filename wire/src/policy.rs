@@ -379,17 +379,30 @@ pub fn retry_timeout(base: Duration, tries: u32) -> Duration {
 /// it last carried one.
 pub const SUSPECT_AFTER: u32 = 2;
 
+/// How long a suspect mix is avoided after the send time of the last try
+/// that blamed it. Then it is on probation: used again, its blame kept, so
+/// one more timeout through it avoids it again at once — for twice as long
+/// each time it fails its probation, up to 16 times this. Without probation
+/// a live mix blamed for a dead neighbour's losses would be avoided for
+/// good when no loop happens to vouch for it.
+pub const PROBATION: Duration = Duration::from_secs(300);
+
 /// Which mixes a sender avoids because packets through them were lost.
 ///
 /// A timed-out try blames every mix of its routes (the packet's and its
 /// acknowledgement's) that has not *since* carried a try sent at or after
-/// it; an acknowledged try clears its mixes. A mix blamed
-/// [`SUSPECT_AFTER`] times is avoided — but a layer is never avoided whole:
-/// if every mix of a layer is suspect, only those blamed more than the
-/// least-blamed of the layer are. Times are the sender's clock.
+/// it; an acknowledged try, or a returned loop, clears its mixes. A mix
+/// blamed [`SUSPECT_AFTER`] times is avoided until its probation (see
+/// [`PROBATION`]) after the last try that blamed it — but a layer is never avoided whole: if every
+/// mix of a layer is suspect, only those blamed more than the least-blamed
+/// of the layer are. Times are the sender's clock.
 #[derive(Clone, Debug, Default)]
 pub struct Suspicion {
     blame: HashMap<NodeId, u32>,
+    /// Per mix, the send time of the latest try that blamed it.
+    blamed_at: HashMap<NodeId, Duration>,
+    /// Per mix, probations failed since it last carried a packet.
+    strikes: HashMap<NodeId, u32>,
     /// Per mix, the send time of the latest acknowledged try through it.
     proven: HashMap<NodeId, Duration>,
 }
@@ -399,15 +412,23 @@ impl Suspicion {
     pub fn timed_out(&mut self, route: &[NodeId], sent_at: Duration) {
         for node in route {
             if self.proven.get(node).is_none_or(|p| *p < sent_at) {
+                if self.on_probation(node, sent_at) {
+                    *self.strikes.entry(*node).or_default() += 1;
+                }
                 *self.blame.entry(*node).or_default() += 1;
+                let at = self.blamed_at.entry(*node).or_insert(sent_at);
+                *at = (*at).max(sent_at);
             }
         }
     }
 
-    /// A try sent at `sent_at` through `route` was acknowledged.
+    /// A packet sent at `sent_at` through `route` came back (a try was
+    /// acknowledged, or a loop returned).
     pub fn carried(&mut self, route: &[NodeId], sent_at: Duration) {
         for node in route {
             self.blame.remove(node);
+            self.blamed_at.remove(node);
+            self.strikes.remove(node);
             let proven = self.proven.entry(*node).or_insert(sent_at);
             *proven = (*proven).max(sent_at);
         }
@@ -418,8 +439,17 @@ impl Suspicion {
         self.blame.get(node).copied().unwrap_or(0)
     }
 
-    /// The mixes to avoid now.
-    pub fn avoided(&self, consensus: &VerifiedConsensus) -> HashSet<NodeId> {
+    /// Whether a suspect `node` is on probation at `now` (its avoidance
+    /// ran out, it is used again).
+    fn on_probation(&self, node: &NodeId, now: Duration) -> bool {
+        let strikes = self.strikes.get(node).copied().unwrap_or(0).min(4);
+        self.blamed_at
+            .get(node)
+            .is_some_and(|at| at.saturating_add(PROBATION.saturating_mul(1 << strikes)) <= now)
+    }
+
+    /// The mixes to avoid at `now`.
+    pub fn avoided(&self, consensus: &VerifiedConsensus, now: Duration) -> HashSet<NodeId> {
         let mut avoid = HashSet::new();
         for layer in consensus.layers() {
             let least = layer
@@ -435,7 +465,7 @@ impl Suspicion {
             avoid.extend(
                 layer
                     .iter()
-                    .filter(|n| self.blame_of(&n.id) >= bar)
+                    .filter(|n| self.blame_of(&n.id) >= bar && !self.on_probation(&n.id, now))
                     .map(|n| n.id),
             );
         }
@@ -445,6 +475,8 @@ impl Suspicion {
     /// Forgets mixes that left the network, so the maps stay small.
     pub fn retain(&mut self, consensus: &VerifiedConsensus) {
         self.blame.retain(|id, _| consensus.node(id).is_some());
+        self.blamed_at.retain(|id, _| consensus.node(id).is_some());
+        self.strikes.retain(|id, _| consensus.node(id).is_some());
         self.proven.retain(|id, _| consensus.node(id).is_some());
     }
 }

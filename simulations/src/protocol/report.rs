@@ -386,7 +386,7 @@ pub(crate) fn build(w: &World, ack_timeout: Duration, wall_seconds: f64) -> Prot
     for c in &w.clients {
         let avoided: HashSet<usize> = c
             .core
-            .suspected()
+            .suspected(w.now)
             .iter()
             .filter_map(|id| w.net.mix(id).map(|m| m as usize))
             .collect();
