@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use murmur::devnet::{Devnet, DevnetOptions};
 use murmur_client::network::follow;
-use murmur_client::{Body, Client, ClientOptions, ConsensusSource};
+use murmur_client::{Body, Client, ClientOptions, ConsensusSource, Passphrase};
 use murmur_wire::MessageId;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,11 @@ fn client_options() -> ClientOptions {
         fetch_interval: Duration::from_millis(50),
         ..ClientOptions::default()
     }
+}
+
+/// The passphrase of the test clients' databases.
+fn passphrase() -> Passphrase {
+    Passphrase::new("test passphrase")
 }
 
 struct Net {
@@ -66,6 +71,7 @@ async fn pair(dir: &Path, net: &Net) -> (Client, Client) {
         net.consensus.clone(),
         None,
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -75,6 +81,7 @@ async fn pair(dir: &Path, net: &Net) -> (Client, Client) {
         net.consensus.clone(),
         None,
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -241,6 +248,7 @@ async fn a_client_restarted_mid_transfer_loses_nothing() {
         &dir.path().join("alice"),
         net.consensus.clone(),
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -329,6 +337,7 @@ async fn mailboxes_and_mixes_store_neither_plaintext_nor_sender() {
         &dir.path().join("bob"),
         net.consensus.clone(),
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();

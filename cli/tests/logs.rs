@@ -16,7 +16,7 @@ use std::time::Duration;
 use murmur::devnet::{Devnet, DevnetOptions};
 use murmur_client::invite::Invitation;
 use murmur_client::network::follow;
-use murmur_client::{Body, Client, ClientOptions};
+use murmur_client::{Body, Client, ClientOptions, Passphrase};
 use murmur_wire::MessageId;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +53,11 @@ fn forms(what: &str, bytes: &[u8]) -> Vec<(String, String)> {
     // A prefix is enough to identify: the first 12 hex digits.
     out.push((format!("{what} (hex prefix)"), hex::encode(&bytes[..6])));
     out
+}
+
+/// The passphrase of the test clients' databases.
+fn passphrase() -> Passphrase {
+    Passphrase::new("test passphrase")
 }
 
 /// Every file under `root`.
@@ -130,6 +135,7 @@ async fn no_secret_or_identifier_is_logged_at_info() {
         consensus.clone(),
         None,
         options.clone(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -139,6 +145,7 @@ async fn no_secret_or_identifier_is_logged_at_info() {
         consensus.clone(),
         None,
         options.clone(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -192,9 +199,14 @@ async fn no_secret_or_identifier_is_logged_at_info() {
     let alice_queues = alice.owned_queues().unwrap();
     let alice_identity = alice.identity();
     alice.shutdown().await;
-    let alice = Client::open(&dir.path().join("alice"), consensus.clone(), options)
-        .await
-        .unwrap();
+    let alice = Client::open(
+        &dir.path().join("alice"),
+        consensus.clone(),
+        options,
+        &passphrase(),
+    )
+    .await
+    .unwrap();
     wait_for(&bob, &to_bob).await;
     wait_for(&alice, &to_alice).await;
 

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::fragment::{self, FragmentKey};
 use crate::seal::{self, Body};
 use crate::send::on_acked;
-use crate::store::{ContactState, FragmentOutcome, OwnedQueue, Received};
+use crate::store::{Added, ContactState, InFragment, OwnedQueue, Received};
 
 #[derive(Clone)]
 enum QueueKind {
@@ -247,17 +247,20 @@ fn handle_deposit(inner: &Inner, name: &str, body: &[u8]) -> Result<Dealt> {
     let Ok(frag) = fragment::open(&key, &queue, body) else {
         return bad(Dealt::Unopened);
     };
-    let sealed = match inner.store.add_fragment(
-        &queue,
-        &frag.message_id,
-        frag.index,
-        frag.count,
-        &frag.chunk,
-    ) {
-        Ok(FragmentOutcome::Complete(sealed)) => sealed,
-        Ok(_) => return Ok(Dealt::Used),
-        Err(Error::Crypto(_)) => return bad(Dealt::Used),
+    let one = [InFragment {
+        message: frag.message_id,
+        index: frag.index,
+        count: frag.count,
+        chunk: &frag.chunk,
+    }];
+    match inner.store.add_fragments(&queue, &one, now_ms()) {
+        Ok(added) if added.first() == Some(&Added::New) => {}
+        Ok(added) if added.first() == Some(&Added::Duplicate) => return Ok(Dealt::Used),
+        Ok(_) | Err(Error::Crypto(_)) => return bad(Dealt::Used),
         Err(e) => return Err(e),
+    }
+    let Some(sealed) = inner.store.assemble(&queue, &frag.message_id)? else {
+        return Ok(Dealt::Used);
     };
     let Ok(claimed) = seal::claimed_sender(&sealed) else {
         inner.store.discard_partial(&queue, &frag.message_id)?;
