@@ -440,7 +440,7 @@ impl Store {
         };
         let header = Header::parse(&header)?;
         let data_key = header
-            .unwrap(passphrase)?
+            .unwrap_key(passphrase)?
             .ok_or_else(|| Error::WrongPassphrase {
                 path: path.to_owned(),
             })?;

@@ -172,7 +172,7 @@ impl Header {
 
     /// The data key, or `None` if the passphrase (or the header) is not
     /// the one it was wrapped with. Runs Argon2id.
-    pub(crate) fn unwrap(&self, passphrase: &Passphrase) -> Result<Option<DataKey>> {
+    pub(crate) fn unwrap_key(&self, passphrase: &Passphrase) -> Result<Option<DataKey>> {
         let kek = self.kek(passphrase)?;
         let mut key: DataKey = Zeroizing::new([0; KEY_SIZE]);
         key.copy_from_slice(&self.wrapped[..KEY_SIZE]);
@@ -401,10 +401,13 @@ mod tests {
         let bytes = header.to_bytes();
         assert_eq!(bytes.len(), HEADER_SIZE);
         let parsed = Header::parse(&bytes).unwrap();
-        assert_eq!(*parsed.unwrap(&right).unwrap().unwrap(), **keys.data_key());
+        assert_eq!(
+            *parsed.unwrap_key(&right).unwrap().unwrap(),
+            **keys.data_key()
+        );
         assert!(
             parsed
-                .unwrap(&Passphrase::new("correct horse "))
+                .unwrap_key(&Passphrase::new("correct horse "))
                 .unwrap()
                 .is_none()
         );
@@ -413,7 +416,13 @@ mod tests {
         for i in [13, 20, HEADER_AD_SIZE, HEADER_AD_SIZE + 30, HEADER_SIZE - 1] {
             let mut t = bytes.clone();
             t[i] ^= 1;
-            assert!(Header::parse(&t).unwrap().unwrap(&right).unwrap().is_none());
+            assert!(
+                Header::parse(&t)
+                    .unwrap()
+                    .unwrap_key(&right)
+                    .unwrap()
+                    .is_none()
+            );
         }
         // A changed parameter, still in range, changes the AD.
         let mut t = bytes.clone();
@@ -421,7 +430,13 @@ mod tests {
         assert!(matches!(Header::parse(&t), Err(Error::Corrupt { .. })));
         let mut t = bytes.clone();
         t[4] ^= 0x80; // memory 64 -> 192 KiB
-        assert!(Header::parse(&t).unwrap().unwrap(&right).unwrap().is_none());
+        assert!(
+            Header::parse(&t)
+                .unwrap()
+                .unwrap_key(&right)
+                .unwrap()
+                .is_none()
+        );
         let mut t = bytes.clone();
         t[0] = 2;
         assert!(matches!(Header::parse(&t), Err(Error::Corrupt { .. })));
