@@ -112,6 +112,17 @@ const DELIVERED: TableDefinition<Blind, &[u8]> = TableDefinition::new(T_DELIVERE
 
 const META_PROFILE: &[u8] = b"profile";
 
+/// redb's page cache (its default is 1 GiB): enough for the working set of
+/// a client, and the bound on what a large message costs beyond itself.
+const CACHE_BYTES: usize = 32 << 20;
+
+/// How every client database is opened.
+fn builder() -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(CACHE_BYTES);
+    b
+}
+
 fn enc<T: Serialize>(value: &T, what: &'static str) -> Result<Zeroizing<Vec<u8>>> {
     postcard::to_stdvec(value)
         .map(Zeroizing::new)
@@ -384,7 +395,7 @@ impl Store {
         let header = Header::wrap(kdf, passphrase, keys.data_key())?;
         let file = new_file(path)?;
         let made = (|| -> Result<Database> {
-            let db = Database::builder().create_with_backend(FileBackend::new(file)?)?;
+            let db = builder().create_with_backend(FileBackend::new(file)?)?;
             let txn = db.begin_write()?;
             create_tables(&txn)?;
             txn.open_table(HEADER)?
@@ -415,7 +426,7 @@ impl Store {
             path: path.to_owned(),
             source,
         })?;
-        let db = Database::open(path)?;
+        let db = builder().open(path)?;
         restrict_permissions(path);
         let (header, tables) = {
             let txn = db.begin_read()?;

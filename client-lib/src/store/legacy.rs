@@ -71,7 +71,7 @@ pub(super) fn migrate(path: &Path, passphrase: &Passphrase) -> Result<Store> {
     sync_parent(path);
     tracing::info!("the client database was migrated to the encrypted format");
     Ok(Store {
-        db: Database::open(path)?,
+        db: super::builder().open(path)?,
         path: path.to_owned(),
         keys,
         kdf,
