@@ -192,7 +192,11 @@ fn nothing_the_client_stores_can_be_read_from_its_files() {
     drop(store);
 
     let found = secrets.found_in(dir.path());
-    assert!(found.is_empty(), "readable in the client's files:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "readable in the client's files:\n{}",
+        found.join("\n")
+    );
 
     // The control: the same search finds them all in plaintext.
     let control = tempfile::tempdir().unwrap();
@@ -206,7 +210,10 @@ fn nothing_the_client_stores_can_be_read_from_its_files() {
 
     // With the passphrase, everything is there.
     let store = Store::open(&path, &Passphrase::new("a long passphrase")).unwrap();
-    assert_eq!(store.profile().unwrap().unwrap().identity_secret, identity_secret);
+    assert_eq!(
+        store.profile().unwrap().unwrap().identity_secret,
+        identity_secret
+    );
     assert!(store.was_delivered(&in_id).unwrap());
     drop(store);
     assert!(matches!(
