@@ -290,7 +290,7 @@ pub struct Received {
 
 /// One received fragment, opened (see [`crate::fragment::open`]), to be
 /// stored by [`Store::add_fragments`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct InFragment<'a> {
     /// The message it belongs to.
     pub message: MessageId,
@@ -300,6 +300,16 @@ pub struct InFragment<'a> {
     pub count: u32,
     /// Its piece of the sealed message (at most [`CHUNK_SIZE`] bytes).
     pub chunk: &'a [u8],
+}
+
+impl std::fmt::Debug for InFragment<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFragment")
+            .field("index", &self.index)
+            .field("count", &self.count)
+            .field("chunk_len", &self.chunk.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What storing one fragment did.
