@@ -7,13 +7,15 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use murmur_client::network::{NetworkConfig, follow};
-use murmur_client::{Body, Client, ClientOptions, ConsensusSource, Received};
+use murmur_client::{Body, Client, ClientOptions, ConsensusSource, Passphrase, Received};
 use murmur_wire::NodeId;
 use tokio_util::sync::CancellationToken;
 
 use crate::Command;
 
 const NETWORK_FILE: &str = "network.toml";
+/// The environment variable a passphrase may come from.
+const PASSPHRASE_VAR: &str = "MURMUR_PASSPHRASE";
 /// How long a command waits for a first verified consensus.
 const CONSENSUS_WAIT: Duration = Duration::from_secs(15);
 
@@ -27,6 +29,49 @@ fn home_dir(cli_home: Option<PathBuf>) -> Result<PathBuf> {
     let home =
         std::env::var_os("HOME").ok_or_else(|| anyhow!("no --home given and $HOME is not set"))?;
     Ok(PathBuf::from(home).join(".murmur"))
+}
+
+/// The passphrase of the client database in `home`: `$MURMUR_PASSPHRASE`
+/// if set, else asked on the terminal (twice when `new`, for `init`),
+/// else an error.
+fn passphrase(home: &Path, new: bool) -> Result<Passphrase> {
+    use std::io::IsTerminal;
+    let passphrase = if let Some(value) = std::env::var_os(PASSPHRASE_VAR) {
+        let value = value
+            .into_string()
+            .map_err(|_| anyhow!("{PASSPHRASE_VAR} is not valid UTF-8"))?;
+        Passphrase::new(value)
+    } else if std::io::stdin().is_terminal() {
+        let prompt = if new {
+            format!(
+                "New passphrase for the client in {} (it encrypts the client's files): ",
+                home.display()
+            )
+        } else {
+            format!("Passphrase for the client in {}: ", home.display())
+        };
+        let first =
+            Passphrase::new(rpassword::prompt_password(prompt).context("reading the passphrase")?);
+        if new {
+            let again = Passphrase::new(
+                rpassword::prompt_password("The same passphrase again: ")
+                    .context("reading the passphrase")?,
+            );
+            if !first.matches(&again) {
+                bail!("the two passphrases differ; nothing was created");
+            }
+        }
+        first
+    } else {
+        bail!(
+            "the client's files are encrypted with a passphrase: set {PASSPHRASE_VAR}, \
+             or run murmur in a terminal to be asked for it"
+        );
+    };
+    if new && passphrase.is_empty() {
+        bail!("the passphrase must not be empty");
+    }
+    Ok(passphrase)
 }
 
 /// Runs one command.
@@ -122,10 +167,11 @@ impl Session {
                 home.display()
             );
         }
+        let passphrase = passphrase(home, false)?;
         let network = NetworkConfig::load(&home.join(NETWORK_FILE))?;
         let shutdown = CancellationToken::new();
         let consensus = follow(&network, CONSENSUS_WAIT, shutdown.clone()).await?;
-        let client = Client::open(home, consensus, ClientOptions::default()).await?;
+        let client = Client::open(home, consensus, ClientOptions::default(), &passphrase).await?;
         Ok(Self { client, shutdown })
     }
 
@@ -143,11 +189,20 @@ async fn init(home: &Path, network_file: &Path, name: &str, provider: Option<&st
     let provider: Option<NodeId> = provider
         .map(|p| p.parse().with_context(|| format!("--provider {p:?}")))
         .transpose()?;
+    let passphrase = passphrase(home, true)?;
     let shutdown = CancellationToken::new();
     let consensus: Arc<dyn ConsensusSource> = follow(&network, CONSENSUS_WAIT, shutdown.clone())
         .await
         .context("cannot reach the network's directory")?;
-    let client = Client::create(home, name, consensus, provider, ClientOptions::default()).await;
+    let client = Client::create(
+        home,
+        name,
+        consensus,
+        provider,
+        ClientOptions::default(),
+        &passphrase,
+    )
+    .await;
     let client = match client {
         Ok(c) => c,
         Err(e) => {

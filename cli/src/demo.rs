@@ -8,13 +8,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use murmur_client::network::follow;
-use murmur_client::{Body, Client, ClientOptions, ClientStats, ConsensusSource, SendHandle};
+use murmur_client::{
+    Body, Client, ClientOptions, ClientStats, ConsensusSource, Passphrase, SendHandle,
+};
 use murmur_wire::{MessageId, QueueId};
 use rand::{Rng, RngExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::devnet::{Devnet, DevnetOptions};
+
+/// The passphrase of the demo's two clients: they live in a temporary
+/// folder that is removed at the end, so it protects nothing and is fixed.
+pub const DEMO_PASSPHRASE: &str = "murmur-demo";
 
 /// What the demo does.
 #[derive(Clone, Debug)]
@@ -179,6 +185,7 @@ pub async fn run(options: DemoOptions) -> Result<Secrets> {
             source.clone(),
             None,
             client_opts.clone(),
+            &Passphrase::new(DEMO_PASSPHRASE),
         )
         .await?;
         let bob = Client::create(
@@ -187,6 +194,7 @@ pub async fn run(options: DemoOptions) -> Result<Secrets> {
             source.clone(),
             None,
             client_opts,
+            &Passphrase::new(DEMO_PASSPHRASE),
         )
         .await?;
         let outcome = exchange(&options, &mut devnet, &alice, &bob, &tmp, &say).await;

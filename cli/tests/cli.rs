@@ -15,6 +15,7 @@ struct Out {
 
 async fn murmur(home: &Path, args: &[&str]) -> Out {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_murmur"))
+        .env("MURMUR_PASSPHRASE", "test passphrase")
         .arg("--home")
         .arg(home)
         .args(args)

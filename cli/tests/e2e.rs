@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use murmur::devnet::{Devnet, DevnetOptions};
 use murmur_client::network::follow;
-use murmur_client::{Body, Client, ClientOptions, ConsensusSource};
+use murmur_client::{Body, Client, ClientOptions, ConsensusSource, Passphrase};
 use murmur_wire::MessageId;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,11 @@ fn client_options() -> ClientOptions {
         fetch_interval: Duration::from_millis(50),
         ..ClientOptions::default()
     }
+}
+
+/// The passphrase of the test clients' databases.
+fn passphrase() -> Passphrase {
+    Passphrase::new("test passphrase")
 }
 
 struct Net {
@@ -66,6 +71,7 @@ async fn pair(dir: &Path, net: &Net) -> (Client, Client) {
         net.consensus.clone(),
         None,
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -75,6 +81,7 @@ async fn pair(dir: &Path, net: &Net) -> (Client, Client) {
         net.consensus.clone(),
         None,
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -241,6 +248,7 @@ async fn a_client_restarted_mid_transfer_loses_nothing() {
         &dir.path().join("alice"),
         net.consensus.clone(),
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -329,6 +337,7 @@ async fn mailboxes_and_mixes_store_neither_plaintext_nor_sender() {
         &dir.path().join("bob"),
         net.consensus.clone(),
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -361,7 +370,7 @@ async fn dropping_a_client_stops_all_its_tasks() {
             .build()
             .unwrap();
         let running = rt.block_on(async {
-            let alice = Client::open(&home, consensus.clone(), client_options())
+            let alice = Client::open(&home, consensus.clone(), client_options(), &passphrase())
                 .await
                 .unwrap();
             let h = alice.send_text("bob", "before the drop").await.unwrap();
@@ -382,7 +391,12 @@ async fn dropping_a_client_stops_all_its_tasks() {
         }
         let after = metrics.num_alive_tasks();
         // The database is free again: every handle on it is gone.
-        let reopened = rt.block_on(Client::open(&home, consensus, client_options()));
+        let reopened = rt.block_on(Client::open(
+            &home,
+            consensus,
+            client_options(),
+            &passphrase(),
+        ));
         assert!(reopened.is_ok(), "the store is still held: {reopened:?}");
         (running, after)
     })

@@ -164,6 +164,7 @@ async fn a_mailbox_killed_mid_transfer_keeps_what_it_acknowledged() {
         &dir.path().join("bob"),
         consensus.clone(),
         harness::client_options(),
+        &harness::passphrase(),
     )
     .await
     .unwrap();
@@ -274,6 +275,7 @@ async fn an_authority_killed_the_others_keep_publishing() {
 /// Runs the `murmur` command to completion.
 async fn murmur(home: &std::path::Path, args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_murmur"))
+        .env("MURMUR_PASSPHRASE", "test passphrase")
         .arg("--home")
         .arg(home)
         .args(args)
@@ -322,6 +324,7 @@ async fn a_client_killed_mid_send_delivers_once_when_run_again() {
         consensus.clone(),
         Some(net.mailboxes[1].id),
         harness::client_options(),
+        &harness::passphrase(),
     )
     .await
     .unwrap();
@@ -348,6 +351,7 @@ async fn a_client_killed_mid_send_delivers_once_when_run_again() {
     let path = dir.path().join("big.bin");
     std::fs::write(&path, &file).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_murmur"))
+        .env("MURMUR_PASSPHRASE", "test passphrase")
         .arg("--home")
         .arg(&alice)
         .args(["send", "bob", "--file", path.to_str().unwrap()])
@@ -378,6 +382,7 @@ async fn a_client_killed_mid_send_delivers_once_when_run_again() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_murmur"))
+        .env("MURMUR_PASSPHRASE", "test passphrase")
         .arg("--home")
         .arg(&alice)
         .arg("watch")

@@ -4,7 +4,7 @@
 //! a mix dies on the way and a client restarts, while one tracing
 //! subscriber at `info` for every crate captures every line. Then every
 //! secret and identifier of the run is looked for in the capture, as text,
-//! hex and base58.
+//! hex and base58, and byte for byte in the two clients' files.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use murmur::devnet::{Devnet, DevnetOptions};
 use murmur_client::invite::Invitation;
 use murmur_client::network::follow;
-use murmur_client::{Body, Client, ClientOptions};
+use murmur_client::{Body, Client, ClientOptions, Passphrase};
 use murmur_wire::MessageId;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +53,11 @@ fn forms(what: &str, bytes: &[u8]) -> Vec<(String, String)> {
     // A prefix is enough to identify: the first 12 hex digits.
     out.push((format!("{what} (hex prefix)"), hex::encode(&bytes[..6])));
     out
+}
+
+/// The passphrase of the test clients' databases.
+fn passphrase() -> Passphrase {
+    Passphrase::new("test passphrase")
 }
 
 /// Every file under `root`.
@@ -130,6 +135,7 @@ async fn no_secret_or_identifier_is_logged_at_info() {
         consensus.clone(),
         None,
         options.clone(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -139,6 +145,7 @@ async fn no_secret_or_identifier_is_logged_at_info() {
         consensus.clone(),
         None,
         options.clone(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -192,20 +199,30 @@ async fn no_secret_or_identifier_is_logged_at_info() {
     let alice_queues = alice.owned_queues().unwrap();
     let alice_identity = alice.identity();
     alice.shutdown().await;
-    let alice = Client::open(&dir.path().join("alice"), consensus.clone(), options)
-        .await
-        .unwrap();
+    let alice = Client::open(
+        &dir.path().join("alice"),
+        consensus.clone(),
+        options,
+        &passphrase(),
+    )
+    .await
+    .unwrap();
     wait_for(&bob, &to_bob).await;
     wait_for(&alice, &to_alice).await;
 
     // Everything that must not be logged.
     let mut secrets: Vec<(String, String)> = Vec::new();
+    // And, byte for byte, in the clients' files.
+    let mut raw: Vec<(String, Vec<u8>)> = Vec::new();
     for t in texts.iter().chain([&file_text, &reply]) {
         secrets.push(("a message's plaintext".into(), (*t).to_owned()));
+        raw.push(("a message's plaintext".into(), t.as_bytes().to_vec()));
     }
+    raw.push(("a file's name".into(), b"secret-plan-name".to_vec()));
     secrets.push(("a file's name".into(), "secret-plan-name".into()));
     for (who, id) in [("alice", alice_identity), ("bob", bob.identity())] {
         secrets.extend(forms(&format!("{who}'s identity key"), &id.0));
+        raw.push((format!("{who}'s identity key"), id.0.to_vec()));
     }
     for (who, queues) in [
         ("alice", alice_queues),
@@ -214,14 +231,21 @@ async fn no_secret_or_identifier_is_logged_at_info() {
         for q in queues {
             secrets.extend(forms(&format!("{who}'s queue id"), &q.queue.to_bytes()));
             secrets.extend(forms(&format!("{who}'s queue owner key"), &q.owner_secret));
+            raw.push((format!("{who}'s queue id"), q.queue.to_bytes().to_vec()));
+            raw.push((format!("{who}'s queue owner key"), q.owner_secret.to_vec()));
         }
     }
     let inv = Invitation::parse(&invitation).unwrap();
     secrets.push(("the invitation".into(), invitation.clone()));
     secrets.extend(forms("the invitation's contact secret", &inv.secret));
+    raw.push((
+        "the invitation's contact secret".into(),
+        inv.secret.to_vec(),
+    ));
     secrets.extend(forms("the invitation's queue id", &inv.queue.to_bytes()));
     for id in to_bob.keys().chain(to_alice.keys()) {
         secrets.extend(forms("a message id", &id.to_bytes()));
+        raw.push(("a message id".into(), id.to_bytes().to_vec()));
     }
     // Node and authority identity keys (32-byte seeds) and Sphinx secret
     // keys, as the devnet keeps them on disk.
@@ -264,5 +288,32 @@ async fn no_secret_or_identifier_is_logged_at_info() {
         "checked {} forms of {} secrets and identifiers against {lines} log lines at info",
         secrets.len(),
         secrets.len() / 5
+    );
+
+    // The clients' files: client.redb is encrypted at rest, so none of the
+    // above is in it (received files would be under files/, in plaintext
+    // by design; the library writes none there).
+    let mut in_files = Vec::new();
+    let mut searched = 0;
+    for who in ["alice", "bob"] {
+        let home = dir.path().join(who);
+        for path in files_under(&home) {
+            if path.starts_with(home.join("files")) {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            searched += bytes.len();
+            for (what, needle) in &raw {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                    in_files.push(format!("{what} in {}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(searched > 0);
+    assert!(
+        in_files.is_empty(),
+        "readable in the clients' files:\n{}",
+        in_files.join("\n")
     );
 }

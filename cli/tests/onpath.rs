@@ -26,7 +26,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use murmur::devnet::{Devnet, DevnetOptions};
 use murmur_client::network::follow;
-use murmur_client::{Body, Client, ClientOptions};
+use murmur_client::{Body, Client, ClientOptions, Passphrase};
 use murmur_net::LinkSettings;
 use murmur_net::http::LinkHttpClient;
 use murmur_wire::link::{LinkPublicKey, LinkSecretKey, MESSAGE2_SIZE, Purpose};
@@ -63,6 +63,11 @@ fn client_options() -> ClientOptions {
     }
 }
 
+/// The passphrase of the test clients' databases.
+fn passphrase() -> Passphrase {
+    Passphrase::new("test passphrase")
+}
+
 /// Bob (home: mailbox 0, behind the attacker) and Alice (home: mailbox 1),
 /// contacts of each other.
 async fn pair(
@@ -80,6 +85,7 @@ async fn pair(
         consensus.clone(),
         Some(homes[1]),
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -89,6 +95,7 @@ async fn pair(
         consensus.clone(),
         Some(homes[0]),
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -404,9 +411,14 @@ async fn a_lying_provider_cannot_make_the_owner_delete_what_it_did_not_read() {
             .await
             .unwrap();
     }
-    let bob = Client::open(&dir.path().join("bob"), consensus, client_options())
-        .await
-        .unwrap();
+    let bob = Client::open(
+        &dir.path().join("bob"),
+        consensus,
+        client_options(),
+        &passphrase(),
+    )
+    .await
+    .unwrap();
     let got = wait_texts(&bob, 4).await;
     assert_eq!(got.len(), 4);
     // Let the deletions of what was read reach the provider.

@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use murmur::devnet::{Devnet, DevnetOptions};
 use murmur_client::network::{AuthorityEntry, follow};
-use murmur_client::{Body, Client, ClientOptions};
+use murmur_client::{Body, Client, ClientOptions, Passphrase};
 use murmur_directory::clock::{Clock, SystemClock};
 use murmur_directory::http::{HttpClient, POSTCARD};
 use murmur_net::LinkSettings;
@@ -57,6 +57,11 @@ fn client_options() -> ClientOptions {
         fetch_interval: Duration::from_millis(50),
         ..ClientOptions::default()
     }
+}
+
+/// The passphrase of the test clients' databases.
+fn passphrase() -> Passphrase {
+    Passphrase::new("test passphrase")
 }
 
 fn signed(key: &SigningKey, queue: QueueId, op: OwnerOp, timestamp: u64, nonce: u8) -> Bytes {
@@ -90,6 +95,7 @@ async fn only_the_owner_reads_or_deletes_a_queue_and_requests_do_not_replay() {
         consensus.clone(),
         None,
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -99,6 +105,7 @@ async fn only_the_owner_reads_or_deletes_a_queue_and_requests_do_not_replay() {
         consensus.clone(),
         None,
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -199,9 +206,14 @@ async fn only_the_owner_reads_or_deletes_a_queue_and_requests_do_not_replay() {
     assert!(reason.contains("stale"), "{reason}");
 
     // Nothing was deleted: Bob, back online, reads both messages once.
-    let bob = Client::open(&dir.path().join("bob"), consensus.clone(), client_options())
-        .await
-        .unwrap();
+    let bob = Client::open(
+        &dir.path().join("bob"),
+        consensus.clone(),
+        client_options(),
+        &passphrase(),
+    )
+    .await
+    .unwrap();
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let got: Vec<_> = bob.inbox(false).unwrap();
@@ -258,6 +270,7 @@ async fn clients_and_nodes_refuse_documents_without_a_threshold_of_their_pins() 
     std::fs::write(&file, short.to_toml()).unwrap();
     let home = dir.path().join("carol");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_murmur"))
+        .env("MURMUR_PASSPHRASE", "test passphrase")
         .arg("--home")
         .arg(&home)
         .args(["init", "--network", file.to_str().unwrap()])
@@ -354,6 +367,7 @@ async fn an_observer_of_a_clients_link_sees_the_same_rate_whether_it_sends_or_no
         consensus.clone(),
         None,
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -363,6 +377,7 @@ async fn an_observer_of_a_clients_link_sees_the_same_rate_whether_it_sends_or_no
         consensus.clone(),
         None,
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();

@@ -22,8 +22,8 @@ use crate::links::Links;
 use crate::mailbox_api::{Endpoint, MailboxApi};
 use crate::seal::{self, Body, Envelope};
 use crate::store::{
-    ContactRecord, ContactState, OutFragment, OutMessage, OutState, OwnedQueue, Profile, Received,
-    Store,
+    ContactRecord, ContactState, OutFragment, OutMessage, OutState, OwnedQueue, Passphrase,
+    Profile, Received, Store,
 };
 
 /// The largest message (text or file) a client sends, in bytes.
@@ -331,13 +331,15 @@ impl Client {
 
     /// Creates a client in `home`: a fresh identity, a home provider (the
     /// one given, or one chosen at random from the consensus), and its
-    /// acknowledgement and loop queues there. Then starts it.
+    /// acknowledgement and loop queues there. Then starts it. Its database
+    /// is encrypted under `passphrase`.
     pub async fn create(
         home: &Path,
         name: &str,
         consensus: Arc<dyn ConsensusSource>,
         provider: Option<NodeId>,
         options: ClientOptions,
+        passphrase: &Passphrase,
     ) -> Result<Client> {
         check_name(name)?;
         if Self::exists(home) {
@@ -386,25 +388,35 @@ impl Client {
             loop_queue,
         };
         prepare_home(home)?;
-        let store = Store::open(&db_path(home))?;
-        store.set_profile(&profile)?;
-        drop(store);
-        Self::open(home, consensus, options).await
+        let (path, pass) = (db_path(home), passphrase.clone());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            Store::create(&path, &pass)?.set_profile(&profile)
+        })
+        .await
+        .map_err(|_| Error::Closed)??;
+        Self::open(home, consensus, options, passphrase).await
     }
 
     /// Opens the client in `home` and starts it; unacknowledged packets of
-    /// messages being sent are queued again.
+    /// messages being sent are queued again. A wrong `passphrase` is
+    /// [`Error::WrongPassphrase`].
     pub async fn open(
         home: &Path,
         consensus: Arc<dyn ConsensusSource>,
         options: ClientOptions,
+        passphrase: &Passphrase,
     ) -> Result<Client> {
         if !Self::exists(home) {
             return Err(Error::NotInitialised {
                 home: home.to_owned(),
             });
         }
-        let store = Arc::new(Store::open(&db_path(home))?);
+        // Argon2id takes a fraction of a second of CPU: not on an async thread.
+        let (path, pass) = (db_path(home), passphrase.clone());
+        let store = tokio::task::spawn_blocking(move || Store::open(&path, &pass))
+            .await
+            .map_err(|_| Error::Closed)??;
+        let store = Arc::new(store);
         let profile = store.profile()?.ok_or(Error::NotInitialised {
             home: home.to_owned(),
         })?;

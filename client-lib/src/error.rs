@@ -128,7 +128,16 @@ pub enum Error {
     #[error("client state")]
     Storage(#[source] Box<redb::Error>),
 
-    /// A stored record could not be decoded.
+    /// The passphrase does not unlock the client database (or the
+    /// database's header was altered).
+    #[error("wrong passphrase for {path}")]
+    WrongPassphrase {
+        /// The database.
+        path: PathBuf,
+    },
+
+    /// A stored record could not be decoded or did not open (altered,
+    /// truncated, or moved from another row).
     #[error("client state is corrupt: {what}")]
     Corrupt {
         /// Which record.

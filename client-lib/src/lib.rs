@@ -21,4 +21,4 @@ pub use client::{
 };
 pub use error::{Error, Result};
 pub use seal::Body;
-pub use store::{OutState, Received};
+pub use store::{OutState, Passphrase, Received};

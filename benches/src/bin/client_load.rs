@@ -39,7 +39,7 @@ use murmur_benches::{
 use murmur_client::identity::Identity;
 use murmur_client::seal::{self, Envelope};
 use murmur_client::store::{ContactRecord, ContactState, OwnedQueue, Profile, Store};
-use murmur_client::{Body, Client, ClientOptions, ConsensusSource};
+use murmur_client::{Body, Client, ClientOptions, ConsensusSource, Passphrase};
 use murmur_wire::policy::select_route;
 use murmur_wire::{
     DEPOSIT_BODY_SIZE, Deposit, Destination, FinalPayload, MessageId, NodeId, PacketCodec, QueueId,
@@ -254,9 +254,10 @@ async fn run(args: Args, harness: tokio::runtime::Handle) -> anyhow::Result<()> 
 
     // The client's home, made offline.
     let home = tempfile::tempdir()?;
+    let passphrase = Passphrase::new("client-load");
     {
         let identity = Identity::generate(&mut rng);
-        let store = Store::open(&home.path().join("client.redb"))?;
+        let store = Store::create(&home.path().join("client.redb"), &passphrase)?;
         store.set_profile(&Profile {
             identity_secret: *identity.secret_bytes(),
             name: "alice".into(),
@@ -286,6 +287,7 @@ async fn run(args: Args, harness: tokio::runtime::Handle) -> anyhow::Result<()> 
             ack_timeout: Some(Duration::from_secs(3600)),
             ..ClientOptions::default()
         },
+        &passphrase,
     )
     .await
     .context("opening the client on its offline home")?;

@@ -39,7 +39,7 @@ use clap::Parser;
 use murmur::devnet::{Devnet, DevnetOptions};
 use murmur_benches::{Machine, process_cpu_secs, quantile, sorted};
 use murmur_client::network::follow;
-use murmur_client::{Body, Client, ClientOptions, ClientStats, ConsensusSource};
+use murmur_client::{Body, Client, ClientOptions, ClientStats, ConsensusSource, Passphrase};
 use murmur_wire::policy::sample_exponential;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -236,6 +236,7 @@ async fn run(
             source.clone(),
             None,
             options.clone(),
+            &Passphrase::new("devnet-load"),
         )
         .await
         .with_context(|| format!("creating client {i}"))?;

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use murmur_client::network::{AuthorityEntry, NetworkConfig, follow};
-use murmur_client::{Body, Client, ClientOptions, ConsensusSource};
+use murmur_client::{Body, Client, ClientOptions, ConsensusSource, Passphrase};
 use murmur_directory::http::HttpClient;
 use murmur_directory::{AuthorityEndpoint, DirectoryClient};
 use murmur_wire::{IdentityKey, MessageId, NodeId, VerifiedConsensus};
@@ -940,6 +940,11 @@ pub fn client_options() -> ClientOptions {
     }
 }
 
+/// The passphrase of the test clients' databases.
+pub fn passphrase() -> Passphrase {
+    Passphrase::new("test passphrase")
+}
+
 /// A consensus follower for in-process clients.
 pub async fn follower(net: &Net, token: &CancellationToken) -> Arc<dyn ConsensusSource> {
     follow(&net.network, Duration::from_secs(30), token.clone())
@@ -957,6 +962,7 @@ pub async fn pair(dir: &Path, net: &Net, consensus: &Arc<dyn ConsensusSource>) -
         consensus.clone(),
         Some(net.mailboxes[0].id),
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
@@ -966,6 +972,7 @@ pub async fn pair(dir: &Path, net: &Net, consensus: &Arc<dyn ConsensusSource>) -
         consensus.clone(),
         Some(net.mailboxes[last].id),
         client_options(),
+        &passphrase(),
     )
     .await
     .unwrap();
