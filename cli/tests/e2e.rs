@@ -409,3 +409,44 @@ async fn dropping_a_client_stops_all_its_tasks() {
     net.token.cancel();
     net.devnet.shutdown().await;
 }
+
+/// The largest message a client sends, 64 MiB, crosses the network and
+/// arrives byte-identical (packets leave as fast as acknowledgements come
+/// back: the core's in-flight window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_file_arrives_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(dir.path()).await;
+    let (alice, bob) = pair(dir.path(), &net).await;
+    let started = std::time::Instant::now();
+    let size = murmur_client::MAX_MESSAGE_SIZE - 4096;
+    let file = random_bytes(size);
+    let path = dir.path().join("big.bin");
+    std::fs::write(&path, &file).unwrap();
+    let h = alice.send_file("bob", &path).await.unwrap();
+    let total = h.progress().total;
+    assert!(total > 30_000, "{total} packets");
+    let want: HashMap<MessageId, Body> = [(
+        h.id(),
+        Body::File {
+            name: "big.bin".into(),
+            data: file,
+        },
+    )]
+    .into();
+    tokio::time::timeout(Duration::from_secs(900), h.delivered())
+        .await
+        .expect("acknowledged in time")
+        .expect("delivered");
+    let got = receive_all(&bob, &want, Duration::from_secs(300)).await;
+    assert!(got == want, "the file changed on the way");
+    eprintln!(
+        "64 MiB: {total} packets, {} retransmissions, {:.1} s",
+        alice.stats().retransmissions,
+        started.elapsed().as_secs_f64()
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+    net.token.cancel();
+    net.devnet.shutdown().await;
+}

@@ -172,6 +172,13 @@ pub struct Config {
     /// message over its fragment size); fragments claiming more are
     /// refused.
     pub max_fragments: u32,
+    /// The most tries in flight (sent, not yet acknowledged or timed out)
+    /// at once: the ceiling of the congestion window
+    /// ([`murmur_wire::policy::CongestionWindow`]). The window binds when
+    /// the send stream is off (packets leave as soon as they are queued): a
+    /// large file then goes out as fast as acknowledgements come back, not
+    /// all at once into the links' queues.
+    pub max_in_flight: usize,
 }
 
 impl Config {
@@ -186,6 +193,7 @@ impl Config {
             fetch_interval: Duration::from_secs(1),
             partial_ttl: Duration::from_secs(7 * 24 * 3600),
             max_fragments: 1 << 16,
+            max_in_flight: 1024,
         }
     }
 }
@@ -248,7 +256,7 @@ impl Core {
     /// the same actions.
     pub fn new(cfg: Config, seed: [u8; 32]) -> Self {
         Self {
-            send: send::Sender::default(),
+            send: send::Sender::new(cfg.max_in_flight),
             recv: recv::Receiver::new(cfg.fetch_interval, cfg.partial_ttl, cfg.max_fragments),
             cfg,
             rng: ChaCha20Rng::from_seed(seed),
@@ -337,14 +345,16 @@ impl Core {
 
     /// An acknowledgement opened with the recovery material of `surb` (the
     /// driver checked it): its fragment is delivered.
-    pub fn on_ack(&mut self, surb: SurbId) {
-        if let Some(done) = self.send.acked(&surb) {
+    pub fn on_ack(&mut self, surb: SurbId, now: Time) {
+        if let Some(done) = self.send.acked(&surb, now) {
             self.stats.acks += 1;
             self.actions.push_back(Action::FragmentAcked {
                 fragment: done.fragment,
                 surbs: done.surbs,
             });
             self.actions.push_back(done.progress);
+            // A place in the window opened.
+            self.flush_immediate(now);
         }
     }
 
@@ -524,6 +534,12 @@ impl Core {
         self.send.messages()
     }
 
+    /// The measured acknowledgement round trip (smoothed), once a try was
+    /// acknowledged.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.send.srtt()
+    }
+
     /// Fragments waiting for their (next) try.
     pub fn waiting(&self) -> usize {
         self.send.waiting()
@@ -565,6 +581,9 @@ impl Core {
     /// Sends the next ready fragment's try; false if none is ready (or no
     /// route can be made).
     fn send_next_real(&mut self, now: Time) -> bool {
+        if !self.send.window_open() {
+            return false;
+        }
         let Some(consensus) = self.consensus.clone() else {
             return false;
         };

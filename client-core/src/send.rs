@@ -7,7 +7,9 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use murmur_wire::packet::MIX_LAYERS;
-use murmur_wire::policy::{Suspicion, retry_timeout, select_route_avoiding};
+use murmur_wire::policy::{
+    CongestionWindow, RttEstimator, Suspicion, retry_timeout, select_route_avoiding,
+};
 use murmur_wire::{MessageId, NodeId, Route, SurbId, VerifiedConsensus};
 use rand::CryptoRng;
 
@@ -57,7 +59,7 @@ pub(crate) struct Failed {
     pub(crate) progress: Action,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Sender {
     messages: HashMap<MessageId, Message>,
     frags: HashMap<Fragment, Track>,
@@ -68,9 +70,36 @@ pub(crate) struct Sender {
     deadlines: BTreeSet<(Time, Fragment)>,
     tries: HashMap<SurbId, Try>,
     suspicion: Suspicion,
+    rtt: RttEstimator,
+    window: CongestionWindow,
 }
 
 impl Sender {
+    /// A sender keeping at most `max_in_flight` tries in flight.
+    pub(crate) fn new(max_in_flight: usize) -> Self {
+        Self {
+            messages: HashMap::new(),
+            frags: HashMap::new(),
+            retry: VecDeque::new(),
+            ready: VecDeque::new(),
+            deadlines: BTreeSet::new(),
+            tries: HashMap::new(),
+            suspicion: Suspicion::default(),
+            rtt: RttEstimator::default(),
+            window: CongestionWindow::new(max_in_flight),
+        }
+    }
+
+    /// Whether the congestion window lets another try go.
+    pub(crate) fn window_open(&self) -> bool {
+        self.deadlines.len() < self.window.allowed()
+    }
+
+    /// The measured acknowledgement round trip, once there is one.
+    pub(crate) fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt()
+    }
+
     pub(crate) fn queue(
         &mut self,
         message: MessageId,
@@ -177,7 +206,7 @@ impl Sender {
         let track = self.frags.get_mut(&fragment)?;
         let first_try = track.tries == 0;
         track.tries += 1;
-        let deadline = now + retry_timeout(timeout, track.tries);
+        let deadline = now + retry_timeout(self.rtt.timeout(timeout), track.tries);
         track.deadline = Some(deadline);
         track.surbs.push(surb);
         self.deadlines.insert((deadline, fragment));
@@ -228,10 +257,15 @@ impl Sender {
         );
     }
 
-    /// An acknowledgement of the try of `surb` (verified by the driver).
-    pub(crate) fn acked(&mut self, surb: &SurbId) -> Option<Acked> {
+    /// An acknowledgement of the try of `surb` (verified by the driver),
+    /// read at `now`.
+    pub(crate) fn acked(&mut self, surb: &SurbId, now: Time) -> Option<Acked> {
         let t = self.tries.remove(surb)?;
         self.suspicion.carried(&t.mixes, t.sent_at);
+        if !t.mixes.is_empty() {
+            self.rtt.sample(now.saturating_sub(t.sent_at));
+            self.window.acked();
+        }
         let track = self.frags.remove(&t.fragment)?;
         if let Some(d) = track.deadline {
             self.deadlines.remove(&(d, t.fragment));
@@ -279,8 +313,10 @@ impl Sender {
             let tries = track.tries;
             if let Some(last) = track.surbs.last()
                 && let Some(t) = self.tries.get(last)
+                && !t.mixes.is_empty()
             {
                 self.suspicion.timed_out(&t.mixes, t.sent_at);
+                self.window.timed_out(t.sent_at, now);
             }
             if tries >= max_tries {
                 failed.push(self.fail(fragment.message));

@@ -354,7 +354,7 @@ impl World {
             }
             let outcome = match entry {
                 Entry::Ack(surb) if queue == p.acks && p.core.knows_surb(&surb) => {
-                    p.core.on_ack(surb);
+                    p.core.on_ack(surb, now);
                     EntryOutcome::Used
                 }
                 Entry::Loop(id) if queue == p.loops => {
@@ -673,4 +673,35 @@ fn a_returning_loop_clears_a_suspect_mix() {
         "a loop came back through it, yet it is still avoided"
     );
     assert_eq!(a.core.blame_of(&flaky), 0);
+}
+
+/// With the send stream off, a large message goes out as fast as
+/// acknowledgements come back: a small window first (slow start), never
+/// more than the ceiling.
+#[test]
+fn a_large_message_is_windowed_when_packets_leave_at_once() {
+    TOTALS.with(|t| t.borrow_mut().clear());
+    let mut w = World::new(consensus(50, 0.0, 0.0), 2, |c| c.max_in_flight = 100);
+    w.send(0, 1, mid(8), 2000);
+    w.drain();
+    assert_eq!(w.peers[0].sent.real, 32, "slow start");
+    // Each acknowledgement lets one more go, and grows the window by one
+    // until it reaches the ceiling.
+    let mut most = 0;
+    while w.now < Duration::from_secs(120) && w.peers[1].completed.is_empty() {
+        let t = w.now + Duration::from_millis(100);
+        w.run(t);
+        let a = &w.peers[0];
+        let acked = a.progress.last().map_or(0, |p| p.1) as u64;
+        most = most.max(a.sent.real - acked);
+    }
+    assert_eq!(
+        most, 100,
+        "the window reaches its ceiling and stays under it"
+    );
+    w.run(Duration::from_secs(120));
+    let a = &w.peers[0];
+    assert_eq!(final_state(a, mid(8)), Some(MessageState::Delivered));
+    assert_eq!((a.sent.real, a.sent.retries), (2000, 0));
+    assert_eq!(w.peers[1].completed.len(), 1);
 }

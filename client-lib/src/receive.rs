@@ -89,8 +89,9 @@ fn acks(shared: &Shared, entries: Vec<QueueEntry>) -> Vec<(u64, EntryOutcome)> {
         }
     }
     let mut st = shared.lock();
+    let now = shared.now();
     for surb in opened {
-        st.core.on_ack(surb);
+        st.core.on_ack(surb, now);
     }
     out
 }

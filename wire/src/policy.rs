@@ -375,6 +375,105 @@ pub fn retry_timeout(base: Duration, tries: u32) -> Duration {
     base.saturating_mul(1u32 << tries.saturating_sub(1).min(2))
 }
 
+/// A sender's estimate of the acknowledgement round trip as it is, from
+/// its own acknowledged tries (RFC 6298's smoothed mean and variation;
+/// every try has its own SURB, so each sample belongs to one known try).
+/// Under load the mixes' queues and the providers' writes lengthen the
+/// round trip beyond what the delays alone predict ([`ack_timeout`]); the
+/// timeout follows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+}
+
+impl RttEstimator {
+    /// A try was acknowledged `rtt` after it was sent.
+    pub fn sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+    }
+
+    /// The smoothed round trip, once there is a sample.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// The timeout of a first try: the larger of `base` (what the delays
+    /// predict) and the measured round trip plus four times its variation.
+    pub fn timeout(&self, base: Duration) -> Duration {
+        match self.srtt {
+            Some(srtt) => base.max(srtt + self.rttvar * 4),
+            None => base,
+        }
+    }
+}
+
+/// How many tries a sender keeps in flight (sent, neither acknowledged nor
+/// timed out): additive increase, multiplicative decrease, as TCP's
+/// congestion window. It starts small, doubles per round trip up to the
+/// slow-start threshold, then grows by one per round trip; a timeout of a
+/// try sent after the last cut halves it. It binds when the send stream is
+/// off (packets leave as soon as they are queued); at a cover rate the
+/// stream is slower than the window.
+#[derive(Clone, Copy, Debug)]
+pub struct CongestionWindow {
+    cwnd: f64,
+    ssthresh: f64,
+    floor: f64,
+    ceiling: f64,
+    last_cut: Option<Duration>,
+}
+
+impl CongestionWindow {
+    /// A window of at most `ceiling` tries (and at least a few).
+    pub fn new(ceiling: usize) -> Self {
+        let ceiling = (ceiling as f64).max(1.0);
+        let floor = ceiling.min(4.0);
+        Self {
+            cwnd: ceiling.min(32.0),
+            ssthresh: ceiling,
+            floor,
+            ceiling,
+            last_cut: None,
+        }
+    }
+
+    /// Tries allowed in flight now.
+    pub fn allowed(&self) -> usize {
+        self.cwnd as usize
+    }
+
+    /// A try was acknowledged.
+    pub fn acked(&mut self) {
+        let grow = if self.cwnd < self.ssthresh {
+            1.0
+        } else {
+            1.0 / self.cwnd
+        };
+        self.cwnd = (self.cwnd + grow).min(self.ceiling);
+    }
+
+    /// A try sent at `sent_at` timed out at `now`.
+    pub fn timed_out(&mut self, sent_at: Duration, now: Duration) {
+        if self.last_cut.is_some_and(|cut| sent_at <= cut) {
+            return;
+        }
+        self.ssthresh = (self.cwnd / 2.0).max(self.floor);
+        self.cwnd = self.ssthresh;
+        self.last_cut = Some(now);
+    }
+}
+
 /// A mix is avoided after this many timeouts of packets through it, since
 /// it last carried one.
 pub const SUSPECT_AFTER: u32 = 2;
@@ -676,6 +775,52 @@ mod tests {
         let frac = over as f64 / n as f64;
         assert!((frac - 0.001).abs() < 0.0005, "{frac}");
         assert_eq!(erlang_quantile(0, s, 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_timeout_follows_the_measured_round_trip() {
+        let base = Duration::from_secs(2);
+        let mut r = RttEstimator::default();
+        assert_eq!(r.timeout(base), base, "no sample: the base");
+        for _ in 0..50 {
+            r.sample(Duration::from_millis(500));
+        }
+        assert_eq!(r.timeout(base), base, "a short round trip: the base");
+        for _ in 0..50 {
+            r.sample(Duration::from_secs(6));
+        }
+        let t = r.timeout(base);
+        assert!(
+            t > Duration::from_secs(6) && t < Duration::from_secs(8),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn the_window_grows_with_acks_and_halves_once_per_loss_burst() {
+        let mut w = CongestionWindow::new(1000);
+        assert_eq!(w.allowed(), 32);
+        for _ in 0..100 {
+            w.acked();
+        }
+        assert_eq!(w.allowed(), 132, "slow start: one per acknowledgement");
+        let t = Duration::from_secs(10);
+        w.timed_out(t, t + Duration::from_secs(1));
+        assert_eq!(w.allowed(), 66);
+        // Tries sent before the cut do not cut again.
+        w.timed_out(t, t + Duration::from_secs(2));
+        assert_eq!(w.allowed(), 66);
+        // Past the threshold: about one per window of acknowledgements.
+        for _ in 0..70 {
+            w.acked();
+        }
+        assert_eq!(w.allowed(), 67);
+        let mut small = CongestionWindow::new(1000);
+        for i in 0..20 {
+            small.timed_out(Duration::from_secs(100 + i), Duration::from_secs(101 + i));
+        }
+        assert_eq!(small.allowed(), 4, "never below the floor");
+        assert_eq!(CongestionWindow::new(10).allowed(), 10, "the ceiling");
     }
 
     #[test]

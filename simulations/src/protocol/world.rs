@@ -812,7 +812,7 @@ impl World {
         for (seq, entry) in entries {
             let outcome = match (kind, entry) {
                 (ACKS, Entry::Ack(surb)) if cl.core.knows_surb(&surb) => {
-                    cl.core.on_ack(surb);
+                    cl.core.on_ack(surb, now);
                     EntryOutcome::Used
                 }
                 (LOOPS, Entry::Loop(id)) => {
