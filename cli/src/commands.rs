@@ -1,9 +1,9 @@
 //! The user commands: init, invite, accept, contacts, safety-number, send,
-//! inbox, watch.
+//! inbox, watch, daemon, status, stop.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use murmur_client::network::{NetworkConfig, follow};
@@ -12,6 +12,8 @@ use murmur_wire::NodeId;
 use tokio_util::sync::CancellationToken;
 
 use crate::Command;
+use crate::daemon::{self, Out, Request};
+use crate::display;
 
 const NETWORK_FILE: &str = "network.toml";
 /// The environment variable a passphrase may come from.
@@ -74,52 +76,191 @@ fn passphrase(home: &Path, new: bool) -> Result<Passphrase> {
     Ok(passphrase)
 }
 
-/// Runs one command.
+/// Runs one command: through the daemon when one runs for this client,
+/// else with a client of its own for the command's length.
 pub(crate) async fn run(home: Option<PathBuf>, command: Command) -> Result<()> {
     let home = home_dir(home)?;
-    match command {
+    let request = match command {
         Command::Init {
             network,
             name,
             provider,
-        } => init(&home, &network, &name, provider.as_deref()).await,
-        Command::Invite { name } => {
-            let session = Session::open(&home).await?;
-            let text = session.client.invite(name.as_deref()).await;
-            session.close().await;
-            let text = text?;
-            println!("{text}");
-            eprintln!(
-                "Give this invitation to your contact over a channel you trust; \
-                 anyone who has it can write to you. Compare safety numbers once they accept."
-            );
-            Ok(())
-        }
-        Command::Accept { invitation, name } => {
-            let session = Session::open(&home).await?;
-            let result = session.client.accept(&invitation, name.as_deref()).await;
-            let result = match result {
-                Ok(contact) => {
-                    // Stay until the hello is delivered, so the inviter learns of us.
-                    eprintln!("accepted; telling {contact} through the mixnet...");
-                    wait_outbox(&session.client, Duration::from_secs(120)).await;
-                    let number = session.client.safety_number(&contact)?;
-                    println!("{contact} is now a contact. Safety number:\n{number}");
+        } => return init(&home, &network, &name, provider.as_deref()).await,
+        Command::Daemon => return online(&home, false).await,
+        Command::Stop => {
+            return match daemon::connect(&home).await {
+                Some(stream) => daemon::forward(stream, &Request::Stop).await,
+                None => {
+                    eprintln!("no murmur daemon runs for {}", home.display());
                     Ok(())
                 }
-                Err(e) => Err(e.into()),
             };
+        }
+        Command::Status => Request::Status,
+        Command::Invite { name } => Request::Invite { name },
+        Command::Accept { invitation, name } => Request::Accept { invitation, name },
+        Command::Contacts => Request::Contacts,
+        Command::SafetyNumber { contact } => Request::SafetyNumber { contact },
+        Command::Send {
+            contact,
+            text,
+            file,
+            timeout,
+        } => {
+            // Check what can be checked before going online; the daemon
+            // reads the file, so give it a path that does not depend on
+            // this shell's working directory.
+            let file = match file {
+                Some(path) => {
+                    let meta = std::fs::metadata(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    if !meta.is_file() {
+                        bail!("{} is not a regular file", path.display());
+                    }
+                    Some(
+                        std::path::absolute(&path)
+                            .with_context(|| format!("cannot resolve {}", path.display()))?,
+                    )
+                }
+                None => None,
+            };
+            Request::Send {
+                contact,
+                text,
+                file,
+                timeout_secs: timeout,
+            }
+        }
+        Command::Inbox { all } => Request::Inbox { all },
+        Command::Watch => Request::Watch,
+        Command::Devnet { .. } | Command::Demo { .. } => {
+            bail!("devnet and demo are not client commands")
+        }
+    };
+    if let Some(stream) = daemon::connect(&home).await {
+        return daemon::forward(stream, &request).await;
+    }
+    match request {
+        Request::Status => {
+            println!("offline: no murmur daemon runs for {}", home.display());
+            Ok(())
+        }
+        Request::Watch => online(&home, true).await,
+        request => {
+            let session = Session::open(&home).await?;
+            let result = exec(&session.client, request, &Out::Local).await;
             session.close().await;
             result
         }
-        Command::Contacts => {
-            let client_home = &home;
-            let session = Session::open(client_home).await?;
-            let contacts = session.client.contacts();
+    }
+}
+
+/// Stays online until Ctrl-C, SIGTERM or `murmur stop`, serving the other
+/// commands on the local socket; with `watch`, also prints mail as it
+/// arrives.
+async fn online(home: &Path, watch: bool) -> Result<()> {
+    if let Some(stream) = daemon::connect(home).await {
+        drop(stream);
+        bail!(
+            "a murmur daemon already runs for {} (murmur --home {} stop)",
+            home.display(),
+            home.display()
+        );
+    }
+    let session = Session::open(home).await?;
+    let socket = match daemon::Socket::bind(home).await {
+        Ok(s) => s,
+        Err(e) => {
             session.close().await;
-            let contacts = contacts?;
+            return Err(e);
+        }
+    };
+    let Session { client, shutdown } = session;
+    let client = Arc::new(client);
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(daemon::serve(socket, client.clone(), stop.clone()));
+    let signals = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
+                _ = stop.cancelled() => {}
+            }
+            stop.cancel();
+        })
+    };
+    eprintln!(
+        "online as {:?}: cover traffic and retrieval run; other murmur commands use this          client (murmur --home {} stop, or Ctrl-C, to stop)",
+        client.name(),
+        home.display()
+    );
+    let result = if watch {
+        tokio::select! {
+            r = exec(&client, Request::Watch, &Out::Local) => r,
+            _ = stop.cancelled() => Ok(()),
+        }
+    } else {
+        stop.cancelled().await;
+        Ok(())
+    };
+    stop.cancel();
+    let _ = server.await;
+    signals.abort();
+    match Arc::try_unwrap(client) {
+        Ok(client) => client.shutdown().await,
+        // A connection task still holds it: dropping cancels its tasks.
+        Err(client) => drop(client),
+    }
+    shutdown.cancel();
+    result
+}
+
+/// Runs one client command against an open client, writing to `out`.
+pub(crate) async fn exec(client: &Client, request: Request, out: &Out) -> Result<()> {
+    match request {
+        Request::Status => status(client, out),
+        Request::Invite { name } => {
+            let text = client.invite(name.as_deref()).await?;
+            out.line(text);
+            out.note(
+                "Give this invitation to your contact over a channel you trust; \
+                 anyone who has it can write to you. Compare safety numbers once they accept.",
+            );
+            Ok(())
+        }
+        Request::Accept { invitation, name } => {
+            let contact = client.accept(&invitation, name.as_deref()).await?;
+            // Stay until the hello is delivered, so the inviter learns of us.
+            out.note(format!(
+                "accepted; telling {} through the mixnet...",
+                display::clean(&contact)
+            ));
+            tokio::select! {
+                _ = wait_outbox(client, Duration::from_secs(120)) => {}
+                _ = out.gone() => {}
+            }
+            let number = client.safety_number(&contact)?;
+            out.line(format!(
+                "{} is now a contact. Safety number:\n{number}",
+                display::clean(&contact)
+            ));
+            Ok(())
+        }
+        Request::Contacts => {
+            let contacts = client.contacts()?;
             if contacts.is_empty() {
-                println!("no contacts yet (murmur invite / murmur accept)");
+                out.line("no contacts yet (murmur invite / murmur accept)");
             }
             for c in contacts {
                 let state = if c.established {
@@ -127,29 +268,56 @@ pub(crate) async fn run(home: Option<PathBuf>, command: Command) -> Result<()> {
                 } else {
                     "invited, waiting for them to accept"
                 };
-                println!("{}\t{state}", c.name);
+                out.line(format!("{}\t{state}", display::clean(&c.name)));
             }
             Ok(())
         }
-        Command::SafetyNumber { contact } => {
-            let session = Session::open(&home).await?;
-            let number = session.client.safety_number(&contact);
-            session.close().await;
-            println!("{}", number?);
+        Request::SafetyNumber { contact } => {
+            out.line(client.safety_number(&contact)?);
             Ok(())
         }
-        Command::Send {
+        Request::Send {
             contact,
             text,
             file,
-            timeout,
-        } => send(&home, &contact, text, file, Duration::from_secs(timeout)).await,
-        Command::Inbox { all } => inbox(&home, all).await,
-        Command::Watch => watch(&home).await,
-        Command::Devnet { .. } | Command::Demo { .. } => {
-            bail!("devnet and demo are not client commands")
+            timeout_secs,
+        } => {
+            send(
+                client,
+                &contact,
+                text,
+                file,
+                Duration::from_secs(timeout_secs),
+                out,
+            )
+            .await
         }
+        Request::Inbox { all } => inbox(client, all, out).await,
+        Request::Watch => watch(client, out).await,
+        Request::Stop => bail!("no murmur daemon to stop"),
     }
+}
+
+fn status(client: &Client, out: &Out) -> Result<()> {
+    let stats = client.stats();
+    out.line(format!("online as {:?}", client.name()));
+    out.line(format!("mailbox provider: {}", client.home_provider()));
+    out.line(format!("contacts: {}", client.contacts()?.len()));
+    out.line(format!(
+        "outbox: {} message(s), {} packet(s) in flight",
+        client.outbox_pending()?,
+        client.pending_packets()
+    ));
+    out.line(format!(
+        "sent: {} real, {} retransmitted, {} drop cover, {} loop cover ({} returned)",
+        stats.real_sent,
+        stats.retransmissions,
+        stats.drop_cover_sent,
+        stats.loop_cover_sent,
+        stats.loops_returned
+    ));
+    out.line(format!("received: {} message(s)", stats.delivered));
+    Ok(())
 }
 
 /// A started client and what keeps its consensus fresh.
@@ -235,67 +403,56 @@ async fn wait_outbox(client: &Client, limit: Duration) {
 }
 
 async fn send(
-    home: &Path,
+    client: &Client,
     contact: &str,
     text: Option<String>,
     file: Option<PathBuf>,
     timeout: Duration,
+    out: &Out,
 ) -> Result<()> {
-    // Check what can be checked before going online.
-    if let Some(path) = &file {
-        let meta =
-            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-        if !meta.is_file() {
-            bail!("{} is not a regular file", path.display());
-        }
-    }
-    let session = Session::open(home).await?;
-    let result = async {
-        let handle = match (&text, &file) {
-            (Some(t), None) => session.client.send_text(contact, t).await?,
-            (None, Some(p)) => session.client.send_file(contact, p).await?,
-            _ => bail!("give either a text or --file PATH"),
-        };
-        let total = handle.progress().total;
-        eprintln!("queued in {total} packet(s); sending through the mixnet...");
-        match tokio::time::timeout(timeout, handle.delivered()).await {
+    let handle = match (&text, &file) {
+        (Some(t), None) => client.send_text(contact, t).await?,
+        (None, Some(p)) => client.send_file(contact, p).await?,
+        _ => bail!("give either a text or --file PATH"),
+    };
+    let total = handle.progress().total;
+    out.note(format!(
+        "queued in {total} packet(s); sending through the mixnet..."
+    ));
+    tokio::select! {
+        delivered = tokio::time::timeout(timeout, handle.delivered()) => match delivered {
             Ok(Ok(_)) => {
-                println!("delivered to {contact}'s mailbox");
+                out.line(format!("delivered to {}'s mailbox", display::clean(contact)));
                 Ok(())
             }
             Ok(Err(e)) => Err(e.into()),
             Err(_) => bail!(
                 "not delivered within {}s; the message stays queued and is sent the next time \
-                 this client runs (send, inbox or watch)",
+                 this client runs (send, inbox, watch or daemon)",
                 timeout.as_secs()
             ),
-        }
+        },
+        // The CLI that asked went away; the message stays queued.
+        _ = out.gone() => Ok(()),
     }
-    .await;
-    session.close().await;
-    result
-}
-
-fn format_time(ms: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Prints one received message; saves files under the client's files dir.
-fn show(files_dir: &Path, r: &Received) -> Result<()> {
-    let when = format_time(r.sent_at_ms);
+fn show(files_dir: &Path, r: &Received, out: &Out) -> Result<()> {
+    let when = display::time(r.sent_at_ms);
+    let from = display::clean(&r.from);
     match &r.body {
-        Body::Text(t) => println!("[{when}] {}: {t}", r.from),
+        Body::Text(t) => out.line(format!("[{when}] {from}: {}", display::text(t))),
         Body::File { name, data } => {
             let path = save_file(files_dir, &r.from, name, data)?;
-            println!(
-                "[{when}] {}: file {name:?} ({} bytes) saved to {}",
-                r.from,
+            out.line(format!(
+                "[{when}] {from}: file \"{}\" ({} bytes) saved to {}",
+                display::clean(name),
                 data.len(),
-                path.display()
-            );
+                display::clean(&path.display().to_string())
+            ));
         }
-        Body::Hello { .. } => println!("[{when}] {} accepted your invitation", r.from),
+        Body::Hello { .. } => out.line(format!("[{when}] {from} accepted your invitation")),
     }
     Ok(())
 }
@@ -332,58 +489,47 @@ fn save_file(dir: &Path, from: &str, name: &str, data: &[u8]) -> Result<PathBuf>
     Ok(path)
 }
 
-async fn inbox(home: &Path, all: bool) -> Result<()> {
-    let session = Session::open(home).await?;
-    let result = async {
-        let fetched = session.client.fetch_now().await;
-        if let Err(e) = &fetched {
-            eprintln!("warning: could not fetch everything: {e}");
-        }
-        let messages = session.client.inbox(!all)?;
-        if messages.is_empty() {
-            println!("no new messages");
-        }
-        let mut seqs = Vec::new();
-        for (seq, r) in &messages {
-            show(session.client.files_dir(), r)?;
-            seqs.push(*seq);
-        }
-        session.client.mark_read(&seqs)?;
-        Ok(())
+async fn inbox(client: &Client, all: bool, out: &Out) -> Result<()> {
+    if let Err(e) = client.fetch_now().await {
+        out.note(format!("warning: could not fetch everything: {e}"));
     }
-    .await;
-    session.close().await;
-    result
-}
-
-async fn watch(home: &Path) -> Result<()> {
-    let session = Session::open(home).await?;
-    let mut incoming = session.client.incoming();
-    eprintln!(
-        "online as {:?}; waiting for messages (Ctrl-C to stop)",
-        session.client.name()
-    );
-    let backlog = session.client.inbox(true)?;
+    let messages = client.inbox(!all)?;
+    if messages.is_empty() {
+        out.line("no new messages");
+    }
     let mut seqs = Vec::new();
-    for (seq, r) in &backlog {
-        show(session.client.files_dir(), r)?;
+    for (seq, r) in &messages {
+        show(client.files_dir(), r, out)?;
         seqs.push(*seq);
     }
-    session.client.mark_read(&seqs)?;
-    let result = loop {
+    client.mark_read(&seqs)?;
+    Ok(())
+}
+
+async fn watch(client: &Client, out: &Out) -> Result<()> {
+    let mut incoming = client.incoming();
+    out.note(format!(
+        "online as {:?}; waiting for messages (Ctrl-C to stop)",
+        client.name()
+    ));
+    let backlog = client.inbox(true)?;
+    let mut seqs = Vec::new();
+    for (seq, r) in &backlog {
+        show(client.files_dir(), r, out)?;
+        seqs.push(*seq);
+    }
+    client.mark_read(&seqs)?;
+    loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = out.gone() => return Ok(()),
             m = incoming.next() => match m {
                 Some(m) => {
-                    if let Err(e) = show(session.client.files_dir(), &m.message) {
-                        break Err(e);
-                    }
-                    session.client.mark_read(&[m.seq])?;
+                    show(client.files_dir(), &m.message, out)?;
+                    client.mark_read(&[m.seq])?;
                 }
-                None => break Ok(()),
+                None => return Ok(()),
             },
         }
-    };
-    session.close().await;
-    result
+    }
 }

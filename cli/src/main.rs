@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod daemon;
+mod display;
 
 use murmur::{demo, devnet};
 
@@ -85,8 +87,19 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Stays online (sending cover traffic) and prints messages as they arrive.
+    /// Stays online (sending cover traffic) and prints messages as they
+    /// arrive; while it runs, other commands use it as they would a daemon.
+    /// With a daemon running, prints the daemon's mail as it arrives.
     Watch,
+    /// Stays online in the background of your session: cover traffic,
+    /// retrieval and retransmissions keep running, and the other commands
+    /// (send, inbox, ...) use this client through a local socket instead of
+    /// going online for their own length.
+    Daemon,
+    /// Shows whether the client is online (a daemon runs) and what it does.
+    Status,
+    /// Stops the client's daemon.
+    Stop,
     /// Runs a whole network on this machine, in one process, until Ctrl-C:
     /// directory authorities, three layers of mix nodes, mailbox providers.
     Devnet {

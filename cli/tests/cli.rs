@@ -14,8 +14,18 @@ struct Out {
 }
 
 async fn murmur(home: &Path, args: &[&str]) -> Out {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_murmur"))
-        .env("MURMUR_PASSPHRASE", "test passphrase")
+    murmur_as(home, args, Some("test passphrase")).await
+}
+
+/// Runs `murmur`, with `$MURMUR_PASSPHRASE` set to `passphrase` or unset.
+async fn murmur_as(home: &Path, args: &[&str], passphrase: Option<&str>) -> Out {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_murmur"));
+    match passphrase {
+        Some(p) => command.env("MURMUR_PASSPHRASE", p),
+        None => command.env_remove("MURMUR_PASSPHRASE"),
+    };
+    let out = command
+        .stdin(std::process::Stdio::null())
         .arg("--home")
         .arg(home)
         .args(args)
@@ -222,6 +232,170 @@ async fn a_person_messages_through_the_cli_and_wrong_inputs_get_clear_errors() {
         &murmur(&alice, &["invite", "--name", "bob"]).await,
         "already exists",
     );
+
+    devnet.shutdown().await;
+}
+
+/// `murmur daemon` keeps a client online and serves the other commands over
+/// its local socket: they need no passphrase and do not go online
+/// themselves; `watch` streams its mail; `stop` ends it. Hostile text from a
+/// contact reaches the terminal escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_keeps_the_client_online_and_serves_the_other_commands() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let devnet = Devnet::start(DevnetOptions {
+        dir: dir.path().join("devnet"),
+        width: 2,
+        mean_delay_ms: 10,
+        client_rate: 20.0,
+        client_loop_rate: 2.0,
+        mix_loop_rate: 0.0,
+        ..DevnetOptions::default()
+    })
+    .await
+    .unwrap();
+    devnet.wait_ready(Duration::from_secs(60)).await.unwrap();
+    let network = devnet.network_file();
+    let network = network.to_str().unwrap();
+    let alice = dir.path().join("alice");
+    let bob = dir.path().join("bob");
+    for (home, name) in [(&alice, "alice"), (&bob, "bob")] {
+        let out = murmur(home, &["init", "--network", network, "--name", name]).await;
+        assert!(out.ok, "{}", out.stderr);
+    }
+    let offline = murmur_as(&alice, &["status"], None).await;
+    assert!(
+        offline.ok && offline.stdout.contains("offline"),
+        "{}",
+        offline.stdout
+    );
+
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_murmur"))
+        .env("MURMUR_PASSPHRASE", "test passphrase")
+        .arg("--home")
+        .arg(&alice)
+        .arg("daemon")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let socket = alice.join("murmur.sock");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !socket.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "no socket");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    }
+
+    // Without a passphrase, through the daemon.
+    let status = murmur_as(&alice, &["status"], None).await;
+    assert!(status.ok, "{}", status.stderr);
+    assert!(
+        status.stdout.contains("online as \"alice\""),
+        "{}",
+        status.stdout
+    );
+    fails_with(&murmur_as(&alice, &["daemon"], None).await, "already runs");
+    let invite = murmur_as(&alice, &["invite"], None).await;
+    assert!(invite.ok, "{}", invite.stderr);
+    let accept = murmur(&bob, &["accept", invite.stdout.trim()]).await;
+    assert!(accept.ok, "{}", accept.stderr);
+
+    // The daemon fetched bob's hello on its own: the inbox does not have to.
+    let contacts_deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let contacts = murmur_as(&alice, &["contacts"], None).await;
+        if contacts.stdout.contains("bob\testablished") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < contacts_deadline,
+            "{}",
+            contacts.stdout
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // `watch` streams the daemon's mail; hostile text arrives escaped.
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_murmur"))
+        .env_remove("MURMUR_PASSPHRASE")
+        .arg("--home")
+        .arg(&alice)
+        .arg("watch")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let hello = lines.next_line().await.unwrap().unwrap();
+    assert!(hello.contains("bob accepted your invitation"), "{hello}");
+    let sent = murmur(
+        &bob,
+        &["send", "alice", "hi\u{1b}[2J\u{1b}]0;pwned\u{7}\rfake"],
+    )
+    .await;
+    assert!(sent.ok, "{}", sent.stderr);
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.contains("bob: hi\\u{1b}[2J\\u{1b}]0;pwned"),
+        "{line:?}"
+    );
+    assert!(!line.contains('\u{1b}') && !line.contains('\r'), "{line:?}");
+    watch.kill().await.unwrap();
+
+    // Sending through the daemon.
+    let sent = murmur_as(&alice, &["send", "bob", "from the daemon"], None).await;
+    assert!(sent.ok, "{}", sent.stderr);
+    assert!(sent.stdout.contains("delivered"), "{}", sent.stdout);
+    let inbox = murmur(&bob, &["inbox"]).await;
+    assert!(
+        inbox.stdout.contains("alice: from the daemon"),
+        "{}",
+        inbox.stdout
+    );
+
+    // A garbage request gets an error; the daemon carries on.
+    let mut raw = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    raw.write_all(b"{\"cmd\":\"rm -rf\"}\n").await.unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.contains("does not understand"), "{answer}");
+    let status = murmur_as(&alice, &["status"], None).await;
+    assert!(status.ok, "{}", status.stderr);
+
+    let stop = murmur_as(&alice, &["stop"], None).await;
+    assert!(stop.ok, "{}", stop.stderr);
+    let exit = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+    let mut stderr = String::new();
+    daemon
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!socket.exists());
+    // Without the daemon, commands open the client themselves again.
+    fails_with(&murmur_as(&alice, &["contacts"], None).await, "passphrase");
+    let contacts = murmur(&alice, &["contacts"]).await;
+    assert!(contacts.ok, "{}", contacts.stderr);
 
     devnet.shutdown().await;
 }

@@ -1,5 +1,7 @@
 //! The client: its public API and the state its background tasks share.
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -376,7 +378,8 @@ impl Client {
             reason: "provider has no HTTP address".into(),
         })?;
         let api = MailboxApi::new(options.request_timeout);
-        let mut rng = rand::rng();
+        // A Send generator: the future holds it across the requests.
+        let mut rng = StdRng::from_rng(&mut rand::rng());
         let ack_queue = api.create_queue(&mut rng, provider.id, &http).await?;
         let loop_queue = api.create_queue(&mut rng, provider.id, &http).await?;
         let identity = Identity::generate(&mut rng);
@@ -520,10 +523,11 @@ impl Client {
             use rand::Rng;
             rand::rng().fill_bytes(&mut secret);
         }
+        let mut rng = StdRng::from_rng(&mut rand::rng());
         let queue = self
             .inner
             .mailbox
-            .create_queue(&mut rand::rng(), provider, &http)
+            .create_queue(&mut rng, provider, &http)
             .await?;
         let invitation = Invitation::new(
             self.identity(),
@@ -581,10 +585,11 @@ impl Client {
         }
         let provider = self.inner.profile.home_provider;
         let http = self.inner.provider_endpoint(&provider)?;
+        let mut rng = StdRng::from_rng(&mut rand::rng());
         let queue = self
             .inner
             .mailbox
-            .create_queue(&mut rand::rng(), provider, &http)
+            .create_queue(&mut rng, provider, &http)
             .await?;
         let hello = Body::Hello {
             reply_provider: provider,
@@ -908,4 +913,17 @@ impl Client {
         );
         Ok(out)
     }
+}
+
+/// The client's futures can run on any runtime thread (a daemon serves
+/// several commands at once from `tokio::spawn`ed tasks): a compile-time check.
+#[cfg(test)]
+#[allow(dead_code)]
+fn client_futures_are_send(client: &Client, path: &Path) {
+    fn send<T: Send>(_: T) {}
+    send(client.invite(None));
+    send(client.accept("", None));
+    send(client.send_text("", ""));
+    send(client.send_file("", path));
+    send(client.fetch_now());
 }
