@@ -457,36 +457,76 @@ fn show(files_dir: &Path, r: &Received, out: &Out) -> Result<()> {
     Ok(())
 }
 
-/// Saves `data` as `dir/<from>/<name>` without overwriting: `name (2)`, ...
-/// Names are reduced to their last path component.
-fn save_file(dir: &Path, from: &str, name: &str, data: &[u8]) -> Result<PathBuf> {
-    let safe = |s: &str| -> String {
-        let s: String = s
-            .chars()
-            .map(|c| {
-                if c == '/' || c == '\\' || c.is_control() {
-                    '_'
-                } else {
-                    c
-                }
-            })
-            .collect();
-        match s.as_str() {
-            "" | "." | ".." => "file".into(),
-            _ => s,
+/// The longest file or folder name written for a received file, bytes
+/// (file systems allow 255; room is left for " (2)").
+const MAX_FILE_NAME: usize = 128;
+
+/// A name a contact chose, made into one path component: separators,
+/// control and bidi characters replaced, cut to [`MAX_FILE_NAME`] bytes.
+fn file_name(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        let c = if c == '/' || c == '\\' || display::is_unsafe(c) {
+            '_'
+        } else {
+            c
+        };
+        if out.len() + c.len_utf8() > MAX_FILE_NAME {
+            break;
         }
-    };
-    let folder = dir.join(safe(from));
-    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
-    let base = safe(name);
-    let mut path = folder.join(&base);
-    let mut n = 2;
-    while path.exists() {
-        path = folder.join(format!("{base} ({n})"));
-        n += 1;
+        out.push(c);
     }
-    std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    match out.as_str() {
+        "" | "." | ".." => "file".into(),
+        _ => out,
+    }
+}
+
+/// Saves `data` as `dir/<from>/<name>` without overwriting: `name (2)`, ...
+fn save_file(dir: &Path, from: &str, name: &str, data: &[u8]) -> Result<PathBuf> {
+    use std::io::Write;
+    let folder = dir.join(file_name(from));
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    let base = file_name(name);
+    let mut n = 1;
+    loop {
+        let path = match n {
+            1 => folder.join(&base),
+            n => folder.join(format!("{base} ({n})")),
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                file.write_all(data)
+                    .and_then(|()| file.sync_all())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => n += 1,
+            Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+        }
+    }
+}
+
+/// Shows messages and marks them read; one that cannot be shown (its file
+/// cannot be saved) stays unread, with a warning, and the rest go on.
+fn show_all<'a>(
+    client: &Client,
+    messages: impl IntoIterator<Item = (u64, &'a Received)>,
+    out: &Out,
+) -> Result<()> {
+    let mut seqs = Vec::new();
+    for (seq, r) in messages {
+        match show(client.files_dir(), r, out) {
+            Ok(()) => seqs.push(seq),
+            Err(e) => out.note(format!("warning: a message stays unread: {e:#}")),
+        }
+    }
+    client.mark_read(&seqs)?;
+    Ok(())
 }
 
 async fn inbox(client: &Client, all: bool, out: &Out) -> Result<()> {
@@ -497,13 +537,7 @@ async fn inbox(client: &Client, all: bool, out: &Out) -> Result<()> {
     if messages.is_empty() {
         out.line("no new messages");
     }
-    let mut seqs = Vec::new();
-    for (seq, r) in &messages {
-        show(client.files_dir(), r, out)?;
-        seqs.push(*seq);
-    }
-    client.mark_read(&seqs)?;
-    Ok(())
+    show_all(client, messages.iter().map(|(seq, r)| (*seq, r)), out)
 }
 
 async fn watch(client: &Client, out: &Out) -> Result<()> {
@@ -513,23 +547,47 @@ async fn watch(client: &Client, out: &Out) -> Result<()> {
         client.name()
     ));
     let backlog = client.inbox(true)?;
-    let mut seqs = Vec::new();
-    for (seq, r) in &backlog {
-        show(client.files_dir(), r, out)?;
-        seqs.push(*seq);
-    }
-    client.mark_read(&seqs)?;
+    show_all(client, backlog.iter().map(|(seq, r)| (*seq, r)), out)?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = out.gone() => return Ok(()),
             m = incoming.next() => match m {
-                Some(m) => {
-                    show(client.files_dir(), &m.message, out)?;
-                    client.mark_read(&[m.seq])?;
-                }
+                Some(m) => show_all(client, [(m.seq, &m.message)], out)?,
                 None => return Ok(()),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn hostile_file_names_stay_one_short_component() {
+        assert_eq!(
+            file_name("../../.ssh/authorized_keys"),
+            ".._.._.ssh_authorized_keys"
+        );
+        assert_eq!(file_name(".."), "file");
+        assert_eq!(file_name(""), "file");
+        assert_eq!(file_name("a\u{1b}[2Jb\u{202e}c"), "a_[2Jb_c");
+        let long = "é".repeat(1000);
+        let cut = file_name(&long);
+        assert!(cut.len() <= MAX_FILE_NAME && cut.len() >= MAX_FILE_NAME - 1);
+    }
+
+    #[test]
+    fn a_received_file_never_overwrites_and_long_names_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "x".repeat(10_000);
+        let first = save_file(dir.path(), "bob", &long, b"one").unwrap();
+        let second = save_file(dir.path(), "bob", &long, b"two").unwrap();
+        assert_ne!(first, second);
+        assert_eq!(std::fs::read(&first).unwrap(), b"one");
+        assert_eq!(std::fs::read(&second).unwrap(), b"two");
+        assert!(second.to_str().unwrap().ends_with(" (2)"));
     }
 }

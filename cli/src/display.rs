@@ -10,7 +10,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Whether `c` changes how a terminal shows what follows it.
-fn is_unsafe(c: char) -> bool {
+pub(crate) fn is_unsafe(c: char) -> bool {
     c.is_control()
         // Bidirectional embeddings, overrides and isolates; marks.
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
