@@ -223,7 +223,7 @@ impl LinkSecretKey {
         Self::from_parts(*dh, &seed)
     }
 
-    /// A random link key (clients' throwaway keys use [`Initiator::new`]
+    /// A random link key (clients' throwaway keys come from [`Initiator::start`]
     /// instead; this is for tests and tools).
     pub fn generate<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> Self {
         let mut secret = Zeroizing::new([0u8; 32]);
