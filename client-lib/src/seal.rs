@@ -458,9 +458,9 @@ pub fn open(
     Ok(open_exporting(recipient, sender, queue, sealed)?.0)
 }
 
-/// Opens a hello (see [`open`]) and starts the relation's ratchet as its
-/// initiator, from the handshake's shared secret and the ratchet key in
-/// the hello.
+/// Opens an X-Wing seal (see [`open`]); if it is a hello with a ratchet
+/// key, also starts the relation's ratchet as its initiator, from the
+/// handshake's shared secret and that key.
 pub fn open_hello<R: rand::CryptoRng + ?Sized>(
     rng: &mut R,
     recipient: &Identity,
