@@ -13,7 +13,7 @@
 //! queue, so it must travel over a channel the two people trust, and they
 //! should compare safety numbers afterwards (they cover both keys).
 //!
-//! Version 2 added the X-Wing key (about 1 900 characters of text instead
+//! Version 2 added the X-Wing key (about 1 870 characters of text instead
 //! of 200). A version 1 invitation has no post-quantum key and is refused
 //! with a reason saying so: the inviter makes a new one.
 
