@@ -1,6 +1,8 @@
 //! Sealed sender: what a message looks like to its recipient, and nobody else.
 //!
-//! A message is an [`Envelope`] sealed with HPKE (RFC 9180) in **Psk mode**
+//! A message is an [`Envelope`] encrypted with the relation's ratchet (see
+//! "The ratchet" below) or, for the first messages of a relation, sealed
+//! with HPKE (RFC 9180) in **Psk mode**
 //! over the hybrid post-quantum KEM **X-Wing** (ML-KEM-768 + X25519,
 //! `draft-connolly-cfrg-xwing-kem`; HPKE KEM id 0x647a), HKDF-SHA256 and
 //! ChaCha20-Poly1305, to the recipient's X-Wing identity key. Whoever records
@@ -17,7 +19,9 @@
 //! only (both could have computed the key: deniable), and only classically:
 //! a quantum adversary who breaks X25519 *at the time* could forge, but
 //! recording now and breaking later reveals nothing, because the
-//! confidentiality rests on X-Wing.
+//! confidentiality rests on X-Wing. As with Auth mode, whoever holds the
+//! recipient's X25519 secret can compute the psk too, and so forge seals
+//! *to* the recipient (key-compromise impersonation).
 //!
 //! Sealed form (version 2):
 //!
