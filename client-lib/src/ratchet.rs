@@ -435,6 +435,7 @@ fn open_with(mk: &[u8; 32], message: &[u8], ad: &[u8]) -> Result<Zeroizing<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
 
@@ -468,6 +469,53 @@ mod tests {
             assert!(b.decrypt(&mut rng, &t, b"ad").is_err(), "byte {i}");
         }
         assert_eq!(&*b.decrypt(&mut rng, &m2, b"ad").unwrap(), b"again");
+    }
+
+    proptest! {
+        #[test]
+        fn any_order_and_any_losses_within_the_window_open_each_message_once(
+            order in proptest::sample::subsequence((0..24usize).collect::<Vec<_>>(), 0..=24)
+                .prop_shuffle(),
+        ) {
+            let mut rng = ChaCha20Rng::seed_from_u64(7);
+            let (mut a, mut b) = pair(&mut rng);
+            // Three chains from Alice (Bob answers between them), 8 each.
+            let mut sent = Vec::new();
+            for round in 0..3u8 {
+                for i in 0..8u8 {
+                    let text = [round, i];
+                    sent.push((text, a.encrypt(&text, b"q").unwrap()));
+                }
+                if round == 0 {
+                    // Bob must have received something to answer.
+                    b.decrypt(&mut rng, &sent[0].1, b"q").unwrap();
+                }
+                let r = b.encrypt(b"ack", b"q").unwrap();
+                a.decrypt(&mut rng, &r, b"q").unwrap();
+            }
+            let mut opened = std::collections::HashSet::from([0usize]);
+            for i in order {
+                let got = b.decrypt(&mut rng, &sent[i].1, b"q");
+                if opened.insert(i) {
+                    prop_assert_eq!(&*got.unwrap(), &sent[i].0[..]);
+                } else {
+                    prop_assert!(got.is_err(), "message {} opened twice", i);
+                }
+            }
+            prop_assert!(b.skipped_keys() <= MAX_SKIPPED_KEYS);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_open_nor_change_the_state(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut rng = ChaCha20Rng::seed_from_u64(8);
+            let (mut a, mut b) = pair(&mut rng);
+            b.decrypt(&mut rng, &a.encrypt(b"x", b"").unwrap(), b"").unwrap();
+            let before = postcard::to_stdvec(&b).unwrap();
+            prop_assert!(b.decrypt(&mut rng, &bytes, b"").is_err());
+            prop_assert_eq!(postcard::to_stdvec(&b).unwrap(), before);
+        }
     }
 
     #[test]
