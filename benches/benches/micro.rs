@@ -131,10 +131,12 @@ fn sealed_sender(c: &mut Criterion) {
     // A message that fills one packet.
     let text = "x".repeat(1800);
     let env = Envelope::new(MessageId::from_bytes([1; 16]), 0, Body::Text(text));
+    let to_bob = (&bob.public(), bob.pq_public());
+    let kind = seal::SealKind::Contact;
     c.bench_function("sealed_sender_seal_1_packet", |b| {
-        b.iter(|| seal::seal(&mut rng, &alice, &bob.public(), &q, black_box(&env)).unwrap())
+        b.iter(|| seal::seal(&mut rng, &alice, to_bob, &q, black_box(&env), kind).unwrap())
     });
-    let sealed = seal::seal(&mut rng, &alice, &bob.public(), &q, &env).unwrap();
+    let sealed = seal::seal(&mut rng, &alice, to_bob, &q, &env, kind).unwrap();
     c.bench_function("sealed_sender_open_1_packet", |b| {
         b.iter(|| seal::open(&bob, &alice.public(), &q, black_box(&sealed)).unwrap())
     });

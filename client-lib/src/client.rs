@@ -22,9 +22,9 @@ use crate::identity::{Identity, IdentityPublic, safety_number};
 use crate::invite::{Invitation, check_name};
 use crate::links::Links;
 use crate::mailbox_api::{Endpoint, MailboxApi};
-use crate::seal::{self, Body, Envelope};
+use crate::seal::{self, Body, Envelope, SealKind};
 use crate::store::{
-    ContactRecord, ContactState, OutFragment, OutMessage, OutState, OwnedQueue, Passphrase,
+    ContactRecord, ContactState, OutFragment, OutMessage, OutState, OwnedQueue, Passphrase, PqSeed,
     Profile, Received, Store,
 };
 
@@ -226,9 +226,19 @@ pub(crate) struct Shared {
     store_jobs: mpsc::UnboundedSender<StoreJob>,
     pub(crate) tracker: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    /// Held while a relation's ratchet is read, advanced and written back
+    /// (sealing on a blocking thread, opening on the storage worker), so
+    /// that no two uses start from the same state: a message key is never
+    /// used twice.
+    ratchets: Mutex<()>,
 }
 
 impl Shared {
+    /// The ratchet lock (see the field).
+    pub(crate) fn ratchet_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.ratchets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug; recover the data
         // rather than take the client down with it.
@@ -383,6 +393,7 @@ impl Client {
         let ack_queue = api.create_queue(&mut rng, provider.id, &http).await?;
         let loop_queue = api.create_queue(&mut rng, provider.id, &http).await?;
         let identity = Identity::generate(&mut rng);
+        let pq_seed = PqSeed(*identity.pq_seed());
         let profile = Profile {
             identity_secret: *identity.secret_bytes(),
             name: name.to_owned(),
@@ -393,7 +404,9 @@ impl Client {
         prepare_home(home)?;
         let (path, pass) = (db_path(home), passphrase.clone());
         tokio::task::spawn_blocking(move || -> Result<()> {
-            Store::create(&path, &pass)?.set_profile(&profile)
+            let store = Store::create(&path, &pass)?;
+            store.set_pq_seed(&pq_seed)?;
+            store.set_profile(&profile)
         })
         .await
         .map_err(|_| Error::Closed)??;
@@ -423,7 +436,19 @@ impl Client {
         let profile = store.profile()?.ok_or(Error::NotInitialised {
             home: home.to_owned(),
         })?;
-        let identity = profile.identity();
+        let pq_seed = match store.pq_seed()? {
+            Some(seed) => seed,
+            None => {
+                // A client made before post-quantum keys: it gets an X-Wing
+                // key now. Its existing contacts lack one of their own and
+                // must be invited again (see `Error::LegacyContact`).
+                let mut seed = PqSeed([0u8; 32]);
+                rand::Rng::fill_bytes(&mut rand::rng(), &mut seed.0);
+                store.set_pq_seed(&seed)?;
+                seed
+            }
+        };
+        let identity = profile.identity(&pq_seed);
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let (incoming, _) = broadcast::channel(1024);
@@ -458,6 +483,7 @@ impl Client {
             store_jobs,
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
+            ratchets: Mutex::new(()),
         });
         {
             let mut st = inner.lock();
@@ -531,6 +557,7 @@ impl Client {
             .await?;
         let invitation = Invitation::new(
             self.identity(),
+            self.inner.identity.pq_public().clone(),
             provider,
             queue.queue,
             secret,
@@ -545,6 +572,8 @@ impl Client {
             inbox: queue,
             created_ms: now_ms(),
             provisional_name: provisional,
+            pq_identity: None,
+            known_to_them: true,
         })?;
         self.refresh_queues()?;
         invitation.to_text()
@@ -605,6 +634,8 @@ impl Client {
             inbox: queue,
             created_ms: now_ms(),
             provisional_name: false,
+            pq_identity: Some(inv.pq_identity.clone()),
+            known_to_them: false,
         };
         self.inner.store.add_contact(&record)?;
         self.refresh_queues()?;
@@ -632,7 +663,13 @@ impl Client {
         let theirs = c.identity.ok_or_else(|| Error::ContactPending {
             name: contact.to_owned(),
         })?;
-        Ok(safety_number(&self.identity(), &theirs))
+        let theirs_pq = c.pq_identity.ok_or_else(|| Error::LegacyContact {
+            name: contact.to_owned(),
+        })?;
+        Ok(safety_number(
+            (&self.identity(), self.inner.identity.pq_public()),
+            (&theirs, &theirs_pq),
+        ))
     }
 
     fn contact(&self, name: &str) -> Result<ContactRecord> {
@@ -708,14 +745,44 @@ impl Client {
                 name: contact.name.clone(),
             });
         };
+        let Some(theirs_pq) = contact.pq_identity.clone() else {
+            return Err(Error::LegacyContact {
+                name: contact.name.clone(),
+            });
+        };
+        let kind = if contact.known_to_them {
+            SealKind::Contact
+        } else {
+            SealKind::Named
+        };
         let inner = self.inner.clone();
         let contact_name = contact.name.clone();
         let secret = contact.secret;
+        let inbox = contact.inbox.queue;
         let (id, message) = tokio::task::spawn_blocking(move || -> Result<_> {
             let mut rng = rand::rng();
             let id = MessageId::random(&mut rng);
             let envelope = Envelope::new(id, now_ms(), body);
-            let sealed = seal::seal(&mut rng, &inner.identity, &theirs, &queue, &envelope)?;
+            let to = (&theirs, &theirs_pq);
+            // The ratchet lock is held until the advanced state is stored
+            // with the message (below).
+            let _ratchet_guard = inner.ratchet_lock();
+            let (sealed, ratchet) = match inner.store.ratchet(&inbox)? {
+                _ if matches!(envelope.body, Body::Hello { .. }) => {
+                    let (sealed, r) =
+                        seal::seal_hello(&mut rng, &inner.identity, to, &queue, &envelope)?;
+                    (sealed, Some(r))
+                }
+                Some(mut r) if r.can_send() => {
+                    (seal::seal_ratcheted(&mut r, &queue, &envelope)?, Some(r))
+                }
+                // The one who accepted, before the inviter's first message:
+                // post-quantum sealed, not yet ratcheted.
+                _ => (
+                    seal::seal(&mut rng, &inner.identity, to, &queue, &envelope, kind)?,
+                    None,
+                ),
+            };
             let key = FragmentKey::derive(&secret, &queue);
             let bodies = fragment::split(&mut rng, &key, &queue, id, &sealed)?;
             let frags: Vec<OutFragment> = bodies
@@ -735,7 +802,12 @@ impl Client {
                 provider,
                 queue,
             };
-            inner.store.enqueue(id, &message, &frags)?;
+            inner.store.enqueue_ratcheted(
+                id,
+                &message,
+                &frags,
+                ratchet.as_ref().map(|r| (&inbox, r)),
+            )?;
             Ok((id, message))
         })
         .await

@@ -70,6 +70,17 @@ pub enum Error {
         name: String,
     },
 
+    /// The contact was made before post-quantum sealing: this client has
+    /// no post-quantum key of theirs, so it will not write to them (nor
+    /// show a safety number that would not cover such a key).
+    #[error(
+        "{name:?} was added before post-quantum encryption; exchange a new invitation with them (`murmur invite`)"
+    )]
+    LegacyContact {
+        /// The contact.
+        name: String,
+    },
+
     /// A file could not be read or written.
     #[error("{path}")]
     File {

@@ -1,7 +1,8 @@
 //! Invitations: the out-of-band string that makes two people contacts.
 //!
 //! An invitation carries what the contact needs to write to the inviter:
-//! the inviter's identity public key, a deposit address (provider node id +
+//! the inviter's identity public keys (X25519 and the post-quantum X-Wing
+//! key, see `crate::identity`), a deposit address (provider node id +
 //! a queue created for this contact alone), a fresh 32-byte contact secret
 //! (keys the fragment layer of that relation, see `crate::fragment`), and the
 //! name the inviter suggests for themself.
@@ -10,7 +11,11 @@
 //! `postcard(Invitation) ‖ SHA-256(postcard)[..4]`; the checksum catches
 //! copy-and-paste damage. Anyone who holds an invitation can write to its
 //! queue, so it must travel over a channel the two people trust, and they
-//! should compare safety numbers afterwards.
+//! should compare safety numbers afterwards (they cover both keys).
+//!
+//! Version 2 added the X-Wing key (about 1 870 characters of text instead
+//! of 200). A version 1 invitation has no post-quantum key and is refused
+//! with a reason saying so: the inviter makes a new one.
 
 use std::fmt;
 
@@ -19,12 +24,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::identity::IdentityPublic;
+use crate::identity::{IdentityPublic, PqPublic};
 
 /// Prefix of an invitation's text form.
 pub const INVITATION_PREFIX: &str = "murmur-invite:";
-const VERSION: u8 = 1;
-const MAX_TEXT_LEN: usize = 512;
+const VERSION: u8 = 2;
+/// The version before post-quantum keys.
+const VERSION_1: u8 = 1;
+const MAX_TEXT_LEN: usize = 2560;
 /// The longest contact name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -34,6 +41,8 @@ pub struct Invitation {
     version: u8,
     /// The inviter's identity key.
     pub identity: IdentityPublic,
+    /// The inviter's post-quantum (X-Wing) identity key.
+    pub pq_identity: PqPublic,
     /// The inviter's mailbox provider.
     pub provider: NodeId,
     /// The queue the inviter created for this contact.
@@ -56,6 +65,7 @@ impl Invitation {
     /// A new invitation.
     pub fn new(
         identity: IdentityPublic,
+        pq_identity: PqPublic,
         provider: NodeId,
         queue: QueueId,
         secret: [u8; 32],
@@ -65,6 +75,7 @@ impl Invitation {
         Ok(Self {
             version: VERSION,
             identity,
+            pq_identity,
             provider,
             queue,
             secret,
@@ -114,6 +125,12 @@ impl Invitation {
         if Sha256::digest(payload)[..4] != *sum {
             return Err(Error::InvalidInvitation {
                 reason: "its checksum does not match (was it copied whole?)",
+            });
+        }
+        // Postcard writes the version byte first, as is.
+        if payload.first() == Some(&VERSION_1) {
+            return Err(Error::InvalidInvitation {
+                reason: "it is from an older version of Murmur, without post-quantum keys: ask for a new invitation",
             });
         }
         let (inv, rest): (Invitation, _) =
@@ -169,6 +186,9 @@ mod tests {
     fn sample() -> Invitation {
         Invitation::new(
             IdentityPublic([1; 32]),
+            crate::identity::Identity::from_secrets([1; 32], [2; 32])
+                .pq_public()
+                .clone(),
             NodeId::from_bytes([2; 32]),
             QueueId::from_bytes([3; 32]),
             [4; 32],
@@ -200,7 +220,7 @@ mod tests {
         let i = chars.len() - 10;
         chars[i] = if chars[i] == 'a' { 'b' } else { 'a' };
         assert!(reason(&chars.into_iter().collect::<String>()).contains("checksum"));
-        assert!(reason(&"x".repeat(600)).contains("too long"));
+        assert!(reason(&"x".repeat(3000)).contains("too long"));
         assert!(reason("murmur-invite:").contains("truncated"));
     }
 
@@ -213,9 +233,41 @@ mod tests {
         assert!(check_name(&"b".repeat(65)).is_err());
     }
 
+    #[test]
+    fn version_1_invitations_are_refused_with_a_reason() {
+        // An invitation as version 1 wrote it.
+        #[derive(Serialize)]
+        struct V1 {
+            version: u8,
+            identity: IdentityPublic,
+            provider: NodeId,
+            queue: QueueId,
+            secret: [u8; 32],
+            name: String,
+        }
+        let mut bytes = postcard::to_stdvec(&V1 {
+            version: 1,
+            identity: IdentityPublic([1; 32]),
+            provider: NodeId::from_bytes([2; 32]),
+            queue: QueueId::from_bytes([3; 32]),
+            secret: [4; 32],
+            name: "alice".into(),
+        })
+        .unwrap();
+        let sum = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&sum[..4]);
+        let text = format!("{INVITATION_PREFIX}{}", bs58::encode(bytes).into_string());
+        match Invitation::parse(&text) {
+            Err(Error::InvalidInvitation { reason }) => {
+                assert!(reason.contains("post-quantum"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
     proptest! {
         #[test]
-        fn arbitrary_text_never_panics(s in ".{0,600}") {
+        fn arbitrary_text_never_panics(s in ".{0,3000}") {
             let _ = Invitation::parse(&s);
             let _ = Invitation::parse(&format!("{INVITATION_PREFIX}{s}"));
         }

@@ -10,6 +10,7 @@ pub mod invite;
 mod links;
 pub mod mailbox_api;
 pub mod network;
+pub mod ratchet;
 mod receive;
 pub mod seal;
 mod send;

@@ -231,15 +231,51 @@ fn deliver(shared: &Shared, store: &Store, queue: &QueueId, message: &MessageId)
     else {
         return Err(Error::Crypto("no contact owns the queue"));
     };
-    let claimed = seal::claimed_sender(&sealed)?;
-    // The first message that opens on an invitation's queue binds the
-    // relation to its sender; later ones must come from the same key.
-    let expected = contact.identity.unwrap_or(claimed);
-    let envelope = seal::open(&shared.identity, &expected, queue, &sealed)?;
+    // The first message that opens on an invitation's queue (a hello, which
+    // names its sender) binds the relation to its sender; later ones must
+    // come from the same key.
+    let expected = match (contact.identity, seal::claimed_sender(&sealed)?) {
+        (Some(known), _) => known,
+        (None, Some(claimed)) => claimed,
+        (None, None) => {
+            return Err(Error::Crypto(
+                "the first message on an invitation's queue is not a hello",
+            ));
+        }
+    };
+    // Held until the advanced ratchet is stored with the message.
+    let _ratchet_guard = shared.ratchet_lock();
+    let (envelope, ratchet) = if seal::is_ratcheted(&sealed) {
+        let Some(mut r) = store.ratchet(queue)? else {
+            return Err(Error::Crypto(
+                "a ratchet message on a relation without a ratchet",
+            ));
+        };
+        let env = seal::open_ratcheted(&mut r, &mut rand::rng(), queue, &sealed)?;
+        (env, Some(r))
+    } else {
+        let (env, started) = seal::open_hello(
+            &mut rand::rng(),
+            &shared.identity,
+            &expected,
+            queue,
+            &sealed,
+        )?;
+        // Only the hello that establishes the relation starts its ratchet
+        // (a hello seen again must not reset it).
+        let fresh = contact.state == ContactState::Invited && store.ratchet(queue)?.is_none();
+        (env, started.filter(|_| fresh))
+    };
     if envelope.message_id != *message {
         return Err(Error::Crypto("the message id does not match its fragments"));
     }
-    let updated = update_contact(store, &contact, expected, &envelope.body)?;
+    let updated = update_contact(
+        store,
+        &contact,
+        expected,
+        envelope.sender_pq.as_ref(),
+        &envelope.body,
+    )?;
     let received = Received {
         from: updated.name.clone(),
         message_id: envelope.message_id,
@@ -248,7 +284,7 @@ fn deliver(shared: &Shared, store: &Store, queue: &QueueId, message: &MessageId)
         body: envelope.body,
         read: false,
     };
-    if let Some(seq) = store.deliver(queue, &received)? {
+    if let Some(seq) = store.deliver_ratcheted(queue, &received, ratchet.as_ref())? {
         shared.counters.delivered.fetch_add(1, Ordering::Relaxed);
         let _ = shared.incoming.send(ReceivedMessage {
             seq,
@@ -265,10 +301,13 @@ fn update_contact(
     store: &Store,
     contact: &ContactRecord,
     identity: crate::identity::IdentityPublic,
+    sender_pq: Option<&crate::identity::PqPublic>,
     body: &Body,
 ) -> Result<ContactRecord> {
     let mut updated = contact.clone();
     updated.identity = Some(identity);
+    // They wrote to us, so they know our keys: our seals stop naming us.
+    updated.known_to_them = true;
     if let Body::Hello {
         reply_provider,
         reply_queue,
@@ -276,6 +315,11 @@ fn update_contact(
     } = body
         && contact.state == ContactState::Invited
     {
+        // `seal::open` refuses a hello without the sender's X-Wing key.
+        let Some(pq) = sender_pq else {
+            return Err(Error::Crypto("a hello lacks its sender's post-quantum key"));
+        };
+        updated.pq_identity = Some(pq.clone());
         updated.address = Some((*reply_provider, *reply_queue));
         updated.state = ContactState::Established;
         if contact.provisional_name {
@@ -284,6 +328,8 @@ fn update_contact(
         }
     }
     if updated.identity != contact.identity
+        || updated.pq_identity != contact.pq_identity
+        || updated.known_to_them != contact.known_to_them
         || updated.state != contact.state
         || updated.name != contact.name
     {

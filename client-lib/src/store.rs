@@ -47,7 +47,7 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `header` | `"header"` | the header (plaintext, 101 bytes) |
-//! | `meta` | B(row name) | [postcard] identity secret, home provider, ack/loop queues, profile |
+//! | `meta` | B(row name) | [postcard] `profile`: identity secret, home provider, ack/loop queues; `pq-identity-seed`: the X-Wing seed |
 //! | `contacts` | B(contact name) | [postcard [`ContactRecord`]] (with its name) |
 //! | `outbox` | B(message id) | [postcard (message id, [`OutMessage`])] |
 //! | `out_fragments` | (B(message id), index) | [postcard [`OutFragment`]] |
@@ -55,6 +55,13 @@
 //! | `partial_chunks` | (B(queue id ‖ message id), index) | [the fragment's chunk] |
 //! | `inbox` | local sequence number | [postcard [`Received`]] |
 //! | `delivered` | B(message id) | [unix ms when delivered] (exactly-once) |
+//! | `ratchets` | B(inbox queue id of the relation) | [postcard [`Ratchet`]] |
+//!
+//! A relation's ratchet state is written in the same transaction as what
+//! it was advanced for: the outgoing message it sealed ([`Store::enqueue`]
+//! with a ratchet) or the received message it opened ([`Store::deliver`]
+//! with one). A crash leaves both or neither, so a message key is never
+//! used twice and a message is never lost to a key already consumed.
 //!
 //! ## Reassembly
 //!
@@ -85,7 +92,8 @@ pub use crypt::{KdfParams, Passphrase};
 
 use crate::error::{Error, Result};
 use crate::fragment::{CHUNK_SIZE, MAX_FRAGMENTS};
-use crate::identity::{Identity, IdentityPublic};
+use crate::identity::{Identity, IdentityPublic, PqPublic};
+use crate::ratchet::Ratchet;
 use crate::seal::Body;
 use crypt::{BLIND_SIZE, Blind, Header, Keys};
 
@@ -98,6 +106,7 @@ const T_PARTIALS: &str = "partials";
 const T_CHUNKS: &str = "partial_chunks";
 const T_INBOX: &str = "inbox";
 const T_DELIVERED: &str = "delivered";
+const T_RATCHETS: &str = "ratchets";
 
 const HEADER: TableDefinition<&str, &[u8]> = TableDefinition::new(T_HEADER);
 const HEADER_ROW: &str = "header";
@@ -109,8 +118,12 @@ const PARTIALS: TableDefinition<Blind, &[u8]> = TableDefinition::new(T_PARTIALS)
 const CHUNKS: TableDefinition<(Blind, u32), &[u8]> = TableDefinition::new(T_CHUNKS);
 const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new(T_INBOX);
 const DELIVERED: TableDefinition<Blind, &[u8]> = TableDefinition::new(T_DELIVERED);
+const RATCHETS: TableDefinition<Blind, &[u8]> = TableDefinition::new(T_RATCHETS);
 
 const META_PROFILE: &[u8] = b"profile";
+/// The X-Wing seed of the identity: a row of its own, so profiles written
+/// before post-quantum keys still decode (see [`Store::pq_seed`]).
+const META_PQ_SEED: &[u8] = b"pq-identity-seed";
 
 /// redb's page cache (its default is 1 GiB): enough for the working set of
 /// a client, and the bound on what a large message costs beyond itself.
@@ -183,9 +196,19 @@ impl Drop for Profile {
 }
 
 impl Profile {
-    /// The identity.
-    pub fn identity(&self) -> Identity {
-        Identity::from_secret(self.identity_secret)
+    /// The identity, with its X-Wing seed (from [`Store::pq_seed`]).
+    pub fn identity(&self, pq_seed: &PqSeed) -> Identity {
+        Identity::from_secrets(self.identity_secret, pq_seed.0)
+    }
+}
+
+/// The 32-byte seed of the identity's X-Wing key pair. Zeroized on drop.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct PqSeed(pub [u8; 32]);
+
+impl std::fmt::Debug for PqSeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PqSeed")
     }
 }
 
@@ -218,6 +241,51 @@ pub struct ContactRecord {
     /// True while the name is a placeholder (`invite-N`) to be replaced by
     /// the name the contact suggests in their hello.
     pub provisional_name: bool,
+    /// Their post-quantum (X-Wing) identity key, known once established.
+    /// `None` in a relation made before post-quantum sealing: such a
+    /// contact can no longer be written to ([`Error::LegacyContact`]).
+    pub pq_identity: Option<PqPublic>,
+    /// True once the contact knows our keys: always for the inviter (our
+    /// invitation carried them), and for the one who accepted once a message
+    /// from the inviter arrived (so the hello did). Until then our seals
+    /// name us (`crate::seal::SealKind::Named`).
+    pub known_to_them: bool,
+}
+
+/// A contact record as stored before post-quantum keys (no `pq_identity`):
+/// still read, as a contact without a post-quantum key.
+#[derive(Deserialize)]
+struct ContactRecordV1 {
+    name: String,
+    state: ContactState,
+    identity: Option<IdentityPublic>,
+    address: Option<(NodeId, QueueId)>,
+    secret: [u8; 32],
+    inbox: OwnedQueue,
+    created_ms: u64,
+    provisional_name: bool,
+}
+
+impl ContactRecord {
+    /// Decodes a stored contact of either format.
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        if let Ok(c) = dec::<ContactRecord>(bytes, "contact") {
+            return Ok(c);
+        }
+        let old: ContactRecordV1 = dec(bytes, "contact")?;
+        Ok(Self {
+            name: old.name,
+            state: old.state,
+            identity: old.identity,
+            address: old.address,
+            secret: old.secret,
+            inbox: old.inbox,
+            created_ms: old.created_ms,
+            provisional_name: old.provisional_name,
+            pq_identity: None,
+            known_to_them: true,
+        })
+    }
 }
 
 impl std::fmt::Debug for ContactRecord {
@@ -386,6 +454,7 @@ fn create_tables(txn: &WriteTransaction) -> Result<()> {
     txn.open_table(CHUNKS)?;
     txn.open_table(INBOX)?;
     txn.open_table(DELIVERED)?;
+    txn.open_table(RATCHETS)?;
     Ok(())
 }
 
@@ -567,6 +636,33 @@ impl Store {
         Ok(())
     }
 
+    /// The identity's X-Wing seed; `None` in a database written before
+    /// post-quantum keys (the client then makes one, [`Store::set_pq_seed`]).
+    pub fn pq_seed(&self) -> Result<Option<PqSeed>> {
+        let key = self.keys.blind(T_META, META_PQ_SEED);
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(META)?;
+        match t.get(key)? {
+            Some(v) => Ok(Some(self.open_value(
+                T_META,
+                &key,
+                v.value(),
+                "identity seed",
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the identity's X-Wing seed.
+    pub fn set_pq_seed(&self, seed: &PqSeed) -> Result<()> {
+        let key = self.keys.blind(T_META, META_PQ_SEED);
+        let sealed = self.seal(T_META, &key, seed, "identity seed")?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(key, sealed.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// All contacts, by name.
     pub fn contacts(&self) -> Result<Vec<ContactRecord>> {
         let txn = self.db.begin_read()?;
@@ -574,12 +670,10 @@ impl Store {
         let mut out = Vec::new();
         for row in t.iter()? {
             let (k, v) = row?;
-            out.push(self.open_value::<ContactRecord>(
-                T_CONTACTS,
-                &k.value(),
-                v.value(),
-                "contact",
-            )?);
+            let plain = self
+                .keys
+                .open(T_CONTACTS, &k.value(), v.value(), "contact")?;
+            out.push(ContactRecord::decode(&plain)?);
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -591,12 +685,10 @@ impl Store {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(CONTACTS)?;
         match t.get(key)? {
-            Some(v) => Ok(Some(self.open_value(
-                T_CONTACTS,
-                &key,
-                v.value(),
-                "contact",
-            )?)),
+            Some(v) => {
+                let plain = self.keys.open(T_CONTACTS, &key, v.value(), "contact")?;
+                Ok(Some(ContactRecord::decode(&plain)?))
+            }
             None => Ok(None),
         }
     }
@@ -647,6 +739,20 @@ impl Store {
         message: &OutMessage,
         fragments: &[OutFragment],
     ) -> Result<()> {
+        self.enqueue_ratcheted(message_id, message, fragments, None)
+    }
+
+    /// [`Store::enqueue`], writing the ratchet state of relation `queue`
+    /// (our inbox queue of it) that sealed the message in the same
+    /// transaction.
+    pub fn enqueue_ratcheted(
+        &self,
+        message_id: MessageId,
+        message: &OutMessage,
+        fragments: &[OutFragment],
+        ratchet: Option<(&QueueId, &Ratchet)>,
+    ) -> Result<()> {
+        let ratchet_row = ratchet.map(|(q, r)| self.ratchet_row(q, r)).transpose()?;
         let key = self.out_key(&message_id);
         let row = OutboxRow {
             id: message_id,
@@ -665,7 +771,42 @@ impl Store {
                 let sealed = self.seal(T_OUT_FRAGMENTS, &indexed(&key, idx), frag, "fragment")?;
                 f.insert((key, idx), sealed.as_slice())?;
             }
+            if let Some((rkey, rvalue)) = &ratchet_row {
+                txn.open_table(RATCHETS)?.insert(*rkey, rvalue.as_slice())?;
+            }
         }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The blinded key and sealed value of a ratchet row.
+    fn ratchet_row(&self, queue: &QueueId, ratchet: &Ratchet) -> Result<(Blind, Vec<u8>)> {
+        let key = self.keys.blind(T_RATCHETS, queue.as_bytes());
+        let sealed = self.seal(T_RATCHETS, &key, ratchet, "ratchet")?;
+        Ok((key, sealed))
+    }
+
+    /// The ratchet state of the relation whose inbox queue (ours) is `queue`.
+    pub fn ratchet(&self, queue: &QueueId) -> Result<Option<Ratchet>> {
+        let key = self.keys.blind(T_RATCHETS, queue.as_bytes());
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(RATCHETS)?;
+        match t.get(key)? {
+            Some(v) => Ok(Some(self.open_value(
+                T_RATCHETS,
+                &key,
+                v.value(),
+                "ratchet",
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the ratchet state of the relation whose inbox queue is `queue`.
+    pub fn set_ratchet(&self, queue: &QueueId, ratchet: &Ratchet) -> Result<()> {
+        let (key, sealed) = self.ratchet_row(queue, ratchet)?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(RATCHETS)?.insert(key, sealed.as_slice())?;
         txn.commit()?;
         Ok(())
     }
@@ -1044,6 +1185,19 @@ impl Store {
     /// transaction. Returns the inbox sequence number, or `None` if it was
     /// delivered before.
     pub fn deliver(&self, queue: &QueueId, received: &Received) -> Result<Option<u64>> {
+        self.deliver_ratcheted(queue, received, None)
+    }
+
+    /// [`Store::deliver`], writing the ratchet state that opened the
+    /// message (of the relation whose inbox queue is `queue`) in the same
+    /// transaction.
+    pub fn deliver_ratcheted(
+        &self,
+        queue: &QueueId,
+        received: &Received,
+        ratchet: Option<&Ratchet>,
+    ) -> Result<Option<u64>> {
+        let ratchet_row = ratchet.map(|r| self.ratchet_row(queue, r)).transpose()?;
         let key = self.partial_key(queue, &received.message_id);
         let delivered_key = self.delivered_key(&received.message_id);
         let txn = self.db.begin_write()?;
@@ -1069,6 +1223,9 @@ impl Store {
                 Some(next)
             }
         };
+        if let Some((rkey, rvalue)) = &ratchet_row {
+            txn.open_table(RATCHETS)?.insert(*rkey, rvalue.as_slice())?;
+        }
         txn.commit()?;
         Ok(seq)
     }
@@ -1204,7 +1361,94 @@ mod tests {
             },
             created_ms: 0,
             provisional_name: false,
+            pq_identity: None,
+            known_to_them: true,
         }
+    }
+
+    #[test]
+    fn contacts_from_before_post_quantum_keys_still_read_without_one() {
+        let (_d, s) = store();
+        // A contact row as the previous format wrote it: no `pq_identity`.
+        #[derive(Serialize)]
+        struct V1 {
+            name: String,
+            state: ContactState,
+            identity: Option<IdentityPublic>,
+            address: Option<(NodeId, QueueId)>,
+            secret: [u8; 32],
+            inbox: OwnedQueue,
+            created_ms: u64,
+            provisional_name: bool,
+        }
+        let c = contact("old-friend");
+        let old = V1 {
+            name: c.name.clone(),
+            state: ContactState::Established,
+            identity: Some(IdentityPublic([5; 32])),
+            address: c.address,
+            secret: c.secret,
+            inbox: c.inbox.clone(),
+            created_ms: 3,
+            provisional_name: false,
+        };
+        let key = s.contact_key("old-friend");
+        let sealed = s.seal(T_CONTACTS, &key, &old, "contact").unwrap();
+        let txn = s.db.begin_write().unwrap();
+        txn.open_table(CONTACTS)
+            .unwrap()
+            .insert(key, sealed.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let read = s.contact("old-friend").unwrap().unwrap();
+        assert_eq!(read.identity, Some(IdentityPublic([5; 32])));
+        assert_eq!(read.state, ContactState::Established);
+        assert_eq!(read.pq_identity, None);
+        assert_eq!(s.contacts().unwrap().len(), 1);
+        // Written back, it is in the new format and keeps a key once set.
+        let mut upgraded = read.clone();
+        upgraded.pq_identity = Some(Identity::from_secrets([1; 32], [2; 32]).pq_public().clone());
+        s.update_contact("old-friend", &upgraded).unwrap();
+        assert_eq!(
+            s.contact("old-friend").unwrap().unwrap().pq_identity,
+            upgraded.pq_identity
+        );
+    }
+
+    #[test]
+    fn ratchets_are_written_with_the_message_they_advanced_for() {
+        let (_d, s) = store();
+        let q = QueueId::from_bytes([6; 32]);
+        assert!(s.ratchet(&q).unwrap().is_none());
+        let r1 = Ratchet::responder(&[1; 32], &[2; 32]);
+        let r2 = Ratchet::responder(&[3; 32], &[4; 32]);
+        let bytes = |r: &Ratchet| postcard::to_stdvec(r).unwrap();
+        let m = MessageId::from_bytes([5; 16]);
+        let msg = OutMessage {
+            contact: "bob".into(),
+            fragments: 0,
+            acked: 0,
+            state: OutState::Sending,
+            created_ms: 0,
+            provider: NodeId::from_bytes([1; 32]),
+            queue: q,
+        };
+        s.enqueue_ratcheted(m, &msg, &[], Some((&q, &r1))).unwrap();
+        assert_eq!(bytes(&s.ratchet(&q).unwrap().unwrap()), bytes(&r1));
+        assert!(s.out_message(&m).unwrap().is_some());
+        s.deliver_ratcheted(&q, &received(m, "x"), Some(&r2))
+            .unwrap();
+        assert_eq!(bytes(&s.ratchet(&q).unwrap().unwrap()), bytes(&r2));
+        // Another relation's ratchet is another row.
+        assert!(s.ratchet(&QueueId::from_bytes([7; 32])).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_pq_seed_is_stored_sealed() {
+        let (_d, s) = store();
+        assert!(s.pq_seed().unwrap().is_none());
+        s.set_pq_seed(&PqSeed([7; 32])).unwrap();
+        assert_eq!(s.pq_seed().unwrap().unwrap().0, [7; 32]);
     }
 
     #[test]

@@ -109,6 +109,8 @@ fn nothing_the_client_stores_can_be_read_from_its_files() {
             inbox: owned(inbox_queue),
             created_ms: 1,
             provisional_name: false,
+            pq_identity: None,
+            known_to_them: true,
         })
         .unwrap();
 

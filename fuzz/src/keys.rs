@@ -13,8 +13,8 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use ed25519_dalek::{Signer, SigningKey};
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
-use hpke::kem::X25519HkdfSha256;
-use hpke::{Deserializable, Kem, OpModeS, Serializable};
+use hpke::kem::XWing;
+use hpke::{Deserializable, Kem, OpModeS, PskBundle, Serializable};
 use murmur_client::fragment::FragmentKey;
 use murmur_client::identity::Identity;
 use murmur_wire::directory::{AuthoritySignature, Signature};
@@ -35,8 +35,12 @@ pub const THRESHOLD: usize = 2;
 
 /// `murmur-wire`'s signature context for consensus documents.
 pub const CONSENSUS_CONTEXT: &[u8] = b"murmur/consensus/v1\0";
-/// `murmur-client`'s HPKE info string for sealed sender.
-pub const SEAL_INFO: &[u8] = b"murmur/sealed-sender/v1";
+/// `murmur-client`'s HPKE info string for sealed sender (then the kind byte).
+pub const SEAL_INFO: &[u8] = b"murmur/sealed-sender/v2";
+/// `murmur-client`'s HKDF salt of the sealed-sender psk.
+pub const SEAL_PSK_SALT: &[u8] = b"murmur/seal-psk/v2";
+/// `murmur-client`'s HPKE psk id for sealed sender.
+pub const SEAL_PSK_ID: &[u8] = b"murmur/static-dh/v2";
 /// `murmur-client`'s HKDF salt for fragment keys.
 pub const FRAGMENT_SALT: &[u8] = b"murmur/fragment-key/v1";
 /// The relation secret of the fixed fragment key.
@@ -196,43 +200,83 @@ pub fn encrypt_fragment(plain: &[u8], nonce_seed: u8) -> Vec<u8> {
 
 /// The fixed sender of sealed messages.
 pub fn sender_identity() -> Identity {
-    Identity::from_secret([0x33; 32])
+    Identity::from_secrets([0x33; 32], [0x35; 32])
 }
 
 /// The fixed recipient of sealed messages.
 pub fn recipient_identity() -> Identity {
-    Identity::from_secret([0x44; 32])
+    Identity::from_secrets([0x44; 32], [0x46; 32])
 }
 
 /// Seals arbitrary plaintext (not necessarily an envelope) from the fixed
 /// sender to the fixed recipient on the fixed queue, in `seal::seal`'s
-/// format: version ‖ sender key ‖ enc ‖ HPKE Auth-mode ciphertext.
+/// *named* format: version 2 ‖ kind 1 ‖ sender X25519 key ‖ X-Wing enc ‖
+/// HPKE Psk-mode ciphertext, the psk from the static X25519 DH.
 pub fn seal_plaintext(plaintext: &[u8]) -> Vec<u8> {
     let sender = sender_identity();
     let recipient = recipient_identity();
-    let (Ok(sk), Ok(pk_r)) = (
-        <X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(sender.secret_bytes()),
-        <X25519HkdfSha256 as Kem>::PublicKey::from_bytes(&recipient.public().0),
-    ) else {
-        panic!("the fixed identities are not X25519 keys");
+    let Ok(pk_r) = <XWing as Kem>::PublicKey::from_bytes(recipient.pq_public().as_bytes()) else {
+        panic!("the fixed recipient has no X-Wing key");
     };
-    let pk_s = X25519HkdfSha256::sk_to_pk(&sk);
+    let dh = x25519_dalek::StaticSecret::from(*sender.secret_bytes())
+        .diffie_hellman(&x25519_dalek::PublicKey::from(recipient.public().0));
+    let mut info = sender.public().0.to_vec();
+    info.extend_from_slice(&recipient.public().0);
+    let mut psk = [0u8; 32];
+    let Ok(()) =
+        hkdf::Hkdf::<sha2::Sha256>::new(Some(SEAL_PSK_SALT), dh.as_bytes()).expand(&info, &mut psk)
+    else {
+        panic!("HKDF failed");
+    };
+    let Ok(bundle) = PskBundle::new(&psk, SEAL_PSK_ID) else {
+        panic!("bad psk bundle");
+    };
+    let mut header = vec![2u8, 1u8];
+    header.extend_from_slice(&sender.public().0);
+    let mut hpke_info = SEAL_INFO.to_vec();
+    hpke_info.push(1);
+    let mut aad = header.clone();
+    aad.extend_from_slice(&QUEUE);
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let Ok((enc, ciphertext)) =
-        hpke::single_shot_seal_with_rng::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
-            &OpModeS::Auth((sk, pk_s)),
+        hpke::single_shot_seal_with_rng::<ChaCha20Poly1305, HkdfSha256, XWing>(
+            &OpModeS::Psk(bundle),
             &pk_r,
-            SEAL_INFO,
+            &hpke_info,
             plaintext,
-            &QUEUE,
+            &aad,
             &mut rng,
         )
     else {
         panic!("HPKE seal failed");
     };
-    let mut out = vec![1u8];
-    out.extend_from_slice(&sender.public().0);
+    let mut out = header;
     out.extend_from_slice(&enc.to_bytes());
     out.extend_from_slice(&ciphertext);
     out
+}
+
+/// The fixed ratchet seed of the two ratchets below.
+pub const RATCHET_SEED: [u8; 32] = [0x5a; 32];
+
+/// The fixed responder ratchet (the one who receives the first ratchet
+/// message), as a client holds it after sending its hello.
+pub fn ratchet_responder() -> murmur_client::ratchet::Ratchet {
+    let (secret, _) =
+        murmur_client::ratchet::generate_key_pair(&mut ChaCha20Rng::seed_from_u64(11));
+    murmur_client::ratchet::Ratchet::responder(&RATCHET_SEED, &secret)
+}
+
+/// The fixed initiator ratchet, matching [`ratchet_responder`].
+pub fn ratchet_initiator() -> murmur_client::ratchet::Ratchet {
+    let (_, public) =
+        murmur_client::ratchet::generate_key_pair(&mut ChaCha20Rng::seed_from_u64(11));
+    match murmur_client::ratchet::Ratchet::initiator(
+        &mut ChaCha20Rng::seed_from_u64(12),
+        &RATCHET_SEED,
+        public,
+    ) {
+        Ok(r) => r,
+        Err(e) => panic!("the fixed ratchet does not start: {e}"),
+    }
 }

@@ -906,7 +906,8 @@ fn bs58_encode(bytes: &[u8]) -> String {
 /// 1. the rest is fragment *plaintexts*, encrypted under the fixed relation
 ///    key (as a hostile contact could), opened and fed to a `Reassembly`;
 /// 2. the rest is a sealed message: `seal::claimed_sender` and `seal::open`
-///    with the fixed identities;
+///    with the fixed identities, and `seal::open_ratcheted` with the fixed
+///    responder ratchet (which must be unchanged unless it opened);
 /// 3. the rest is an envelope *plaintext*, sealed by the fixed sender
 ///    identity (as a hostile contact could) and opened.
 pub fn client_fragments(data: &[u8]) {
@@ -943,8 +944,18 @@ pub fn client_fragments(data: &[u8]) {
             let recipient = keys::recipient_identity();
             let sender = keys::sender_identity().public();
             let _ = seal::open(&recipient, &sender, &queue, rest);
-            if let Ok(claimed) = seal::claimed_sender(rest) {
+            if let Ok(Some(claimed)) = seal::claimed_sender(rest) {
                 let _ = seal::open(&recipient, &claimed, &queue, rest);
+            }
+            let mut ratchet = keys::ratchet_responder();
+            let before = postcard::to_stdvec(&ratchet).ok();
+            let mut rng = ChaCha20Rng::seed_from_u64(2);
+            if seal::open_ratcheted(&mut ratchet, &mut rng, &queue, rest).is_err() {
+                assert_eq!(
+                    postcard::to_stdvec(&ratchet).ok(),
+                    before,
+                    "a message that did not open changed the ratchet"
+                );
             }
         }
         _ => {
@@ -952,21 +963,28 @@ pub fn client_fragments(data: &[u8]) {
             let recipient = keys::recipient_identity();
             let sender = keys::sender_identity().public();
             match seal::claimed_sender(&sealed) {
-                Ok(s) => assert!(s == sender),
+                Ok(s) => assert!(s == Some(sender)),
                 Err(e) => panic!("a sealed message has no sender: {e}"),
             }
             if let Ok(env) = seal::open(&recipient, &sender, &queue, &sealed) {
-                // Authentic and decodable: it must survive a round trip.
+                // Authentic and decodable: it must survive a round trip
+                // (a hello gets the sender's own X-Wing key).
                 let mut rng = ChaCha20Rng::seed_from_u64(1);
+                let from = keys::sender_identity();
+                let mut expected = env.clone();
+                if matches!(expected.body, seal::Body::Hello { .. }) {
+                    expected.sender_pq = Some(from.pq_public().clone());
+                }
                 let s2 = seal::seal(
                     &mut rng,
-                    &keys::sender_identity(),
-                    &recipient.public(),
+                    &from,
+                    (&recipient.public(), recipient.pq_public()),
                     &queue,
                     &env,
+                    seal::SealKind::Named,
                 );
                 match s2.map(|s| seal::open(&recipient, &sender, &queue, &s)) {
-                    Ok(Ok(e2)) => assert_eq!(e2, env),
+                    Ok(Ok(e2)) => assert_eq!(e2, expected),
                     Ok(Err(e)) => panic!("a resealed envelope does not open: {e}"),
                     Err(e) => panic!("an opened envelope does not reseal: {e}"),
                 }

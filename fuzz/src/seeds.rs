@@ -540,6 +540,7 @@ pub fn all() -> Vec<Seed> {
     let inv = ok(
         Invitation::new(
             inviter.public(),
+            inviter.pq_public().clone(),
             keys::node_identity(3).node_id(),
             QueueId::from_bytes(keys::QUEUE),
             keys::RELATION_SECRET,
@@ -584,7 +585,14 @@ pub fn all() -> Vec<Seed> {
         Body::Text("hi".to_owned()),
     );
     let sealed = ok(
-        seal::seal(&mut rng(9), &inviter, &recipient.public(), &queue, &env),
+        seal::seal(
+            &mut rng(9),
+            &inviter,
+            (&recipient.public(), recipient.pq_public()),
+            &queue,
+            &env,
+            seal::SealKind::Contact,
+        ),
         "seal",
     );
     let bodies = ok(
@@ -610,6 +618,11 @@ pub fn all() -> Vec<Seed> {
         with_mode(1, &plain),
     );
     add("client_fragments", "sealed", with_mode(2, &sealed));
+    let ratcheted = ok(
+        seal::seal_ratcheted(&mut keys::ratchet_initiator(), &queue, &env),
+        "ratchet seal",
+    );
+    add("client_fragments", "ratcheted", with_mode(2, &ratcheted));
     add(
         "client_fragments",
         "envelope_text",
@@ -628,7 +641,7 @@ pub fn all() -> Vec<Seed> {
         "envelope_file",
         with_mode(3, &ok(postcard::to_stdvec(&file), "envelope")),
     );
-    let hello = Envelope::new(
+    let mut hello = Envelope::new(
         MessageId::from_bytes([10; 16]),
         3,
         Body::Hello {
@@ -637,6 +650,9 @@ pub fn all() -> Vec<Seed> {
             name: "Bob".to_owned(),
         },
     );
+    // A hello carries its sender's X-Wing key and a ratchet key.
+    hello.sender_pq = Some(inviter.pq_public().clone());
+    hello.ratchet_key = Some([0x77; 32]);
     add(
         "client_fragments",
         "envelope_hello",

@@ -38,7 +38,7 @@ use murmur_benches::{
 };
 use murmur_client::identity::Identity;
 use murmur_client::seal::{self, Envelope};
-use murmur_client::store::{ContactRecord, ContactState, OwnedQueue, Profile, Store};
+use murmur_client::store::{ContactRecord, ContactState, OwnedQueue, PqSeed, Profile, Store};
 use murmur_client::{Body, Client, ClientOptions, ConsensusSource, Passphrase};
 use murmur_wire::policy::select_route;
 use murmur_wire::{
@@ -133,7 +133,14 @@ fn raw_rates(consensus: &VerifiedConsensus, provider: NodeId, iters: usize) -> a
     let start = Instant::now();
     let cpu = this_thread_cpu_secs();
     for _ in 0..n {
-        std::hint::black_box(seal::seal(&mut rng, &alice, &bob.public(), &q, &env)?);
+        std::hint::black_box(seal::seal(
+            &mut rng,
+            &alice,
+            (&bob.public(), bob.pq_public()),
+            &q,
+            &env,
+            seal::SealKind::Contact,
+        )?);
     }
     let seal_us = 1e6 * start.elapsed().as_secs_f64() / n as f64;
     let seal_cpu = 1e6 * (this_thread_cpu_secs() - cpu) / n as f64;
@@ -258,6 +265,7 @@ async fn run(args: Args, harness: tokio::runtime::Handle) -> anyhow::Result<()> 
     {
         let identity = Identity::generate(&mut rng);
         let store = Store::create(&home.path().join("client.redb"), &passphrase)?;
+        store.set_pq_seed(&PqSeed(*identity.pq_seed()))?;
         store.set_profile(&Profile {
             identity_secret: *identity.secret_bytes(),
             name: "alice".into(),
@@ -277,6 +285,8 @@ async fn run(args: Args, harness: tokio::runtime::Handle) -> anyhow::Result<()> 
             inbox: owned(&mut rng, provider_id),
             created_ms: 0,
             provisional_name: false,
+            pq_identity: Some(bob.pq_public().clone()),
+            known_to_them: true,
         })?;
     }
     let client = Client::open(

@@ -250,6 +250,8 @@ mod tests {
                 },
                 created_ms: 7,
                 provisional_name: false,
+                pq_identity: None,
+                known_to_them: true,
             };
             txn.open_table(CONTACTS)
                 .unwrap()
