@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use murmur_client::network::{AuthorityEntry, NetworkConfig};
-use murmur_directory::clock::{Clock, SystemClock};
-use murmur_directory::http::HttpClient;
 use murmur_directory::{
     AuthorityConfig, AuthorityEndpoint, AuthorityHandle, DirectoryClient, start_authority_on,
 };
 use murmur_mailbox::MailboxHandle;
 use murmur_mixnode::MixNodeHandle;
+use murmur_net::clock::{Clock, SystemClock};
+use murmur_net::http::HttpClient;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::{IdentityKey, NodeId, VerifiedConsensus};
 use serde::{Deserialize, Serialize};

@@ -18,9 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_directory::clock::{Clock, SystemClock};
-use murmur_directory::http::HttpClient;
 use murmur_directory::{AuthorityEndpoint, ConsensusWatch, DirectoryClient, spawn_follower};
+use murmur_net::clock::{Clock, SystemClock};
+use murmur_net::http::HttpClient;
 use murmur_wire::{IdentityKey, VerifiedConsensus};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;

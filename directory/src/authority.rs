@@ -31,13 +31,13 @@ use crate::admission::{
     host_key, is_routable, subnet_key,
 };
 use crate::client::{AuthorityEndpoint, MAX_CONSENSUS_SIZE};
-use crate::clock::Clock;
 use crate::config::{AdmissionMode, AuthorityConfig, Peer};
 use crate::consensus::{self, quorum};
 use crate::error::Error;
-use crate::http::{self as h, HttpClient, HttpResponse, POSTCARD};
 use crate::metrics::{EpochLabel, Metrics, OutcomeLabel, ReasonLabel, StatusLabel};
 use crate::store::{Kind, Store};
+use murmur_net::clock::Clock;
+use murmur_net::http::{self as h, HttpClient, HttpResponse, POSTCARD};
 
 /// Largest `POST /v1/descriptors` body: a signed descriptor's wire form.
 pub const MAX_DESCRIPTOR_UPLOAD: usize = MAX_DESCRIPTOR_SIZE + 80;

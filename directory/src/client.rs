@@ -18,9 +18,9 @@ use rand::seq::SliceRandom;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
 use crate::error::Error;
-use crate::http::{HttpClient, HttpError, POSTCARD};
+use murmur_net::clock::Clock;
+use murmur_net::http::{HttpClient, HttpError, POSTCARD};
 
 /// The most bytes a consensus document (with its signatures) may take on
 /// the wire; larger responses are refused unread.

@@ -9,7 +9,7 @@ use murmur_wire::{AuthoritySet, IdentityKey, NetworkParams, PACKET_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::http::ServerLimits;
+use murmur_net::http::ServerLimits;
 
 /// Everything an authority is configured with. Unknown keys are refused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

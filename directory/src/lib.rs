@@ -4,12 +4,9 @@
 pub mod admission;
 mod authority;
 mod client;
-pub mod clock;
 pub mod config;
 pub mod consensus;
 mod error;
-pub mod http;
-pub mod keyfile;
 mod metrics;
 mod store;
 

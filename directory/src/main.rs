@@ -8,9 +8,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use murmur_directory::admission::AdmissionList;
-use murmur_directory::clock::SystemClock;
 use murmur_directory::config::{AdmissionMode, example_config};
 use murmur_directory::{AuthorityConfig, start_authority};
+use murmur_net::clock::SystemClock;
 use murmur_wire::IdentityKey;
 use murmur_wire::ed25519_dalek::SigningKey;
 use tokio_util::sync::CancellationToken;
@@ -234,7 +234,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
-    murmur_directory::keyfile::read_signing_key(path)
+    murmur_net::keyfile::read_signing_key(path)
         .with_context(|| format!("could not read the key file {}", path.display()))
 }
 

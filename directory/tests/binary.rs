@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use murmur_directory::http::HttpClient;
 use murmur_directory::{AuthorityEndpoint, DirectoryClient};
+use murmur_net::http::HttpClient;
 use murmur_wire::IdentityKey;
 use murmur_wire::policy::epoch_at;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -11,12 +11,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use murmur_directory::http::ServerLimits;
 use murmur_mixnode::config::{
     AuthorityPin, DirectorySettings, NetworkSettings, NodeSectionsExample, node_sections_example,
 };
 use murmur_mixnode::engine::{EngineLimits, ReplaySettings};
 use murmur_mixnode::keys::KeySettings;
+use murmur_net::http::ServerLimits;
 use serde::Deserialize;
 
 use crate::api::ApiConfig;

@@ -23,8 +23,6 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use http::StatusCode;
-use murmur_directory::clock::Clock;
-use murmur_directory::http::{ServerLimits, serve_with, spawn_server};
 use murmur_directory::{DirectoryClient, spawn_follower};
 use murmur_mixnode::engine::{
     ClientPolicy, Engine, EngineConfig, EngineHandle, EngineStats, LinkConfig, Outbound, Topology,
@@ -32,6 +30,8 @@ use murmur_mixnode::engine::{
 use murmur_mixnode::keys::{KeyManager, spawn_rotation};
 use murmur_mixnode::registration::{RegistrationMetrics, WatchTopology, spawn_registration};
 use murmur_net::LinkSettings;
+use murmur_net::clock::Clock;
+use murmur_net::http::{ServerLimits, serve_with, spawn_server};
 use murmur_wire::directory::DESCRIPTOR_VERSION;
 use murmur_wire::link::Purpose;
 use murmur_wire::policy::epoch_at;
@@ -709,7 +709,7 @@ fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<()> {
 /// Reads an identity key file written by [`init_dir`] (base58 of the
 /// 32-byte Ed25519 secret key).
 pub fn load_identity(path: &Path) -> Result<SigningKey> {
-    murmur_directory::keyfile::read_signing_key(path).map_err(|source| {
+    murmur_net::keyfile::read_signing_key(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::InvalidData {
             Error::KeyFile {
                 path: path.to_path_buf(),

@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use murmur_directory::clock::SystemClock;
 use murmur_mailbox::{
     Backend, Config, ExampleOptions, PostgresStore, init_dir, load_identity, start_mailbox,
 };
 use murmur_mixnode::config::AuthorityPin;
+use murmur_net::clock::SystemClock;
 use murmur_wire::IdentityKey;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;

@@ -20,8 +20,8 @@ use common::net::{Owner, Sender, authority, frame, listed, send_packets, wait_he
 use common::owner_key;
 use common::postgres::TestDb;
 use murmur_directory::AuthorityHandle;
-use murmur_directory::clock::{Clock, SystemClock};
 use murmur_mailbox::Config;
+use murmur_net::clock::{Clock, SystemClock};
 use murmur_wire::mailbox::QueueEntry;
 use murmur_wire::mailbox::QueueItem;
 use murmur_wire::{Ack, MessageId, SurbId, SurbRecovery};

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use murmur_directory::http::HttpClient;
 use murmur_directory::{AuthorityEndpoint, DirectoryClient};
+use murmur_net::http::HttpClient;
 use murmur_wire::IdentityKey;
 use serde::{Deserialize, Serialize};
 

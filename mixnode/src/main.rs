@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use murmur_directory::clock::SystemClock;
 use murmur_mixnode::config::{AuthorityPin, example_config};
 use murmur_mixnode::{MixNodeConfig, start_mixnode};
+use murmur_net::clock::SystemClock;
 use murmur_wire::IdentityKey;
 use murmur_wire::ed25519_dalek::SigningKey;
 use tokio_util::sync::CancellationToken;
@@ -187,7 +187,7 @@ fn write_identity(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
 }
 
 fn load_identity(path: &Path) -> anyhow::Result<SigningKey> {
-    murmur_directory::keyfile::read_signing_key(path)
+    murmur_net::keyfile::read_signing_key(path)
         .with_context(|| format!("could not read the identity key {}", path.display()))
 }
 

@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use murmur_directory::clock::Clock;
-use murmur_directory::http::{
-    HttpServerMetrics, ServerLimits, metrics, spawn_server_with_metrics, text,
-};
 use murmur_directory::spawn_follower;
+use murmur_net::clock::Clock;
+use murmur_net::http::{HttpServerMetrics, ServerLimits, metrics, spawn_server_with_metrics, text};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::policy::epoch_at;
 use murmur_wire::{IdentityKey, NodeId, SignedDescriptor};

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_directory::clock::Clock;
 use murmur_directory::{ConsensusWatch, DirectoryClient};
+use murmur_net::clock::Clock;
 use murmur_wire::directory::DESCRIPTOR_VERSION;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::policy::epoch_at;

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{identity, wait_until};
-use murmur_directory::clock::{Clock, OffsetClock};
-use murmur_directory::http::HttpClient;
 use murmur_directory::{AuthorityConfig, AuthorityHandle, start_authority};
 use murmur_mixnode::config::AuthorityPin;
 use murmur_mixnode::engine::EngineLimits;
 use murmur_mixnode::{MixNodeConfig, start_mixnode};
+use murmur_net::clock::{Clock, OffsetClock};
+use murmur_net::http::HttpClient;
 use tokio_util::sync::CancellationToken;
 
 const L: u64 = 3600;

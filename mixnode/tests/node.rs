@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use murmur_directory::clock::{Clock, OffsetClock};
-use murmur_directory::http::HttpClient;
 use murmur_mixnode::engine::{EngineLimits, StaticTopology};
 use murmur_mixnode::loops::LoopSettings;
 use murmur_mixnode::{MixNodeConfig, MixNodeHandle, start_mixnode_with_topology};
+use murmur_net::clock::{Clock, OffsetClock};
+use murmur_net::http::HttpClient;
 use murmur_wire::policy::epoch_at;
 use murmur_wire::{NetworkParams, SignedDescriptor};
 use tokio_util::sync::CancellationToken;

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_directory::clock::{Clock, OffsetClock};
 use murmur_directory::config::PeerConfig;
-use murmur_directory::http::HttpClient;
 use murmur_directory::{
     AuthorityConfig, AuthorityEndpoint, AuthorityHandle, DirectoryClient, start_authority_on,
 };
+use murmur_net::clock::{Clock, OffsetClock};
+use murmur_net::http::HttpClient;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::{
     Descriptor, EpochKey, IdentityKey, Role, SignedConsensus, SignedDescriptor, SphinxPublicKey,
@@ -98,7 +98,7 @@ pub fn clock_at(into_ms: u64) -> (OffsetClock, u64) {
 
 /// Moves `clock` to `ms` milliseconds (unix) exactly.
 pub fn set_time_ms(clock: &OffsetClock, ms: u64) {
-    let base = murmur_directory::clock::SystemClock.now().as_millis() as i64;
+    let base = murmur_net::clock::SystemClock.now().as_millis() as i64;
     clock.set_offset_ms(ms as i64 - base);
 }
 
