@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use murmur_client::network::{AuthorityEntry, NetworkConfig};
 use murmur_directory::{
-    AuthorityConfig, AuthorityEndpoint, AuthorityHandle, DirectoryClient, start_authority_on,
+    AuthorityConfig, AuthorityHandle, AuthorityPin, DirectoryClient, start_authority_on,
 };
 use murmur_mailbox::MailboxHandle;
 use murmur_mixnode::MixNodeHandle;
@@ -176,11 +176,11 @@ impl Devnet {
             keys.push(identity(&options.dir.join(format!("authority-{i}")))?);
             listeners.push(listener);
         }
-        let endpoints: Vec<AuthorityEndpoint> = listeners
+        let endpoints: Vec<AuthorityPin> = listeners
             .iter()
             .zip(&keys)
-            .map(|(l, k)| -> Result<AuthorityEndpoint> {
-                Ok(AuthorityEndpoint {
+            .map(|(l, k)| -> Result<AuthorityPin> {
+                Ok(AuthorityPin {
                     addr: l.local_addr()?,
                     key: IdentityKey::from(&k.verifying_key()),
                 })
@@ -209,10 +209,7 @@ impl Devnet {
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .map(|(_, e)| murmur_directory::config::PeerConfig {
-                    addr: e.addr,
-                    key: e.key.to_base58(),
-                })
+                .map(|(_, e)| *e)
                 .collect();
             cfg.params.mean_delay_ms = options.mean_delay_ms;
             cfg.params.max_delay_ms = options.max_delay_ms;
@@ -229,13 +226,7 @@ impl Devnet {
             authorities.push(Some(handle));
             authority_tokens.push(token);
         }
-        let pins: Vec<murmur_mixnode::config::AuthorityPin> = endpoints
-            .iter()
-            .map(|e| murmur_mixnode::config::AuthorityPin {
-                addr: e.addr,
-                key: e.key.to_base58(),
-            })
-            .collect();
+        let pins: Vec<AuthorityPin> = endpoints.clone();
 
         // Mix nodes.
         let mut mixes = Vec::new();

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use murmur_directory::{AuthorityEndpoint, DirectoryClient};
+use murmur_directory::{AuthorityPin, DirectoryClient};
 use murmur_net::http::HttpClient;
 use murmur_wire::IdentityKey;
 use murmur_wire::policy::epoch_at;
@@ -153,7 +153,7 @@ async fn init_then_run_serves_a_bootstrap_document() {
     assert_eq!(get(addr, "/healthz").await.0, 200);
 
     let client = DirectoryClient::new(
-        vec![AuthorityEndpoint { addr, key }],
+        vec![AuthorityPin { addr, key }],
         1,
         HttpClient::new(Duration::from_secs(2)),
     )

@@ -158,9 +158,9 @@ async fn devnet_bootstrap_with_one_hour_epochs_and_default_timing() {
         cfg.threshold = 2;
         cfg.peers = (0..3)
             .filter(|j| *j != i)
-            .map(|j| murmur_directory::config::PeerConfig {
+            .map(|j| murmur_directory::AuthorityPin {
                 addr: addrs[j],
-                key: ident(&keys[j]).to_base58(),
+                key: ident(&keys[j]),
             })
             .collect();
         handles.push(

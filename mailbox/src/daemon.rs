@@ -24,18 +24,19 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use http::StatusCode;
 use murmur_directory::{DirectoryClient, spawn_follower};
-use murmur_mixnode::engine::{
-    ClientPolicy, Engine, EngineConfig, EngineHandle, EngineStats, LinkConfig, Outbound, Topology,
-};
-use murmur_mixnode::keys::{KeyManager, spawn_rotation};
-use murmur_mixnode::registration::{RegistrationMetrics, WatchTopology, spawn_registration};
 use murmur_net::LinkSettings;
 use murmur_net::clock::Clock;
 use murmur_net::http::{ServerLimits, serve_with, spawn_server};
-use murmur_wire::directory::DESCRIPTOR_VERSION;
+use murmur_node::engine::{
+    ClientPolicy, Engine, EngineConfig, EngineHandle, EngineStats, LinkConfig, Outbound, Topology,
+};
+use murmur_node::keys::{KeyManager, spawn_rotation};
+use murmur_node::registration::{
+    RegistrationMetrics, WatchTopology, node_descriptor, spawn_registration,
+};
 use murmur_wire::link::Purpose;
 use murmur_wire::policy::epoch_at;
-use murmur_wire::{Descriptor, IdentityKey, LinkSecretKey, NodeId, Packet, Role, SignedDescriptor};
+use murmur_wire::{IdentityKey, LinkSecretKey, NodeId, Packet, Role, SignedDescriptor};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -151,36 +152,18 @@ pub fn mailbox_descriptor(
     keys: &KeyManager,
     now_secs: u64,
 ) -> Result<SignedDescriptor> {
-    sign_descriptor(identity, packet_addr, http_addr, keys, now_secs)
-        .map_err(|(what, source)| Error::Wire { what, source })
-}
-
-/// [`mailbox_descriptor`] with the error in parts, so that the registration
-/// task (which wants the node plumbing's error type) can use it too.
-fn sign_descriptor(
-    identity: &SigningKey,
-    packet_addr: SocketAddr,
-    http_addr: SocketAddr,
-    keys: &KeyManager,
-    now_secs: u64,
-) -> std::result::Result<SignedDescriptor, (&'static str, murmur_wire::Error)> {
-    let descriptor = Descriptor {
-        version: DESCRIPTOR_VERSION,
-        identity: IdentityKey::from(&identity.verifying_key()),
-        role: Role::Mailbox,
+    node_descriptor(
+        identity,
+        Role::Mailbox,
         packet_addr,
-        http_addr: Some(http_addr),
-        link_key: LinkSecretKey::derive(&identity.to_bytes()).public().clone(),
-        sphinx_keys: keys.public_keys(now_secs),
-        published_at: now_secs,
-    };
-    let signed = SignedDescriptor::sign(&descriptor, identity)
-        .map_err(|e| ("could not sign the descriptor", e))?;
-    // Never publish what an authority would refuse.
-    signed
-        .verify()
-        .map_err(|e| ("the descriptor does not verify", e))?;
-    Ok(signed)
+        Some(http_addr),
+        keys,
+        now_secs,
+    )
+    .map_err(|source| Error::Node {
+        what: "could not make the descriptor",
+        source: Box::new(source),
+    })
 }
 
 /// Starts a provider: opens (or creates) the database and the Sphinx keys
@@ -485,8 +468,14 @@ async fn start_inner(
         spawn_registration(
             client,
             move |now| {
-                sign_descriptor(&identity, public_addr, public_http_addr, &keys, now)
-                    .map_err(|(what, source)| murmur_mixnode::Error::Wire { what, source })
+                node_descriptor(
+                    &identity,
+                    Role::Mailbox,
+                    public_addr,
+                    Some(public_http_addr),
+                    &keys,
+                    now,
+                )
             },
             config.network.epoch_secs,
             clock.clone(),

@@ -121,7 +121,7 @@ pub enum Error {
         what: &'static str,
         /// murmur-mixnode's error (boxed: it is large).
         #[source]
-        source: Box<murmur_mixnode::Error>,
+        source: Box<murmur_node::Error>,
     },
 
     /// The directory client could not be set up (e.g. an invalid authority

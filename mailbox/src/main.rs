@@ -17,12 +17,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use murmur_directory::AuthorityPin;
 use murmur_mailbox::{
     Backend, Config, ExampleOptions, PostgresStore, init_dir, load_identity, start_mailbox,
 };
-use murmur_mixnode::config::AuthorityPin;
 use murmur_net::clock::SystemClock;
-use murmur_wire::IdentityKey;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -62,7 +61,7 @@ enum Command {
         http_public_addr: Option<SocketAddr>,
         /// A directory authority, as ADDR=BASE58KEY (repeat for each).
         #[arg(long = "authority", value_name = "ADDR=KEY")]
-        authorities: Vec<String>,
+        authorities: Vec<AuthorityPin>,
         /// How many authorities must sign a consensus (0: a majority of
         /// those given).
         #[arg(long, default_value_t = 0)]
@@ -104,10 +103,6 @@ fn main() -> anyhow::Result<()> {
             authorities,
             threshold,
         } => {
-            let authorities = authorities
-                .iter()
-                .map(|a| parse_authority(a))
-                .collect::<anyhow::Result<Vec<_>>>()?;
             let no_authorities = authorities.is_empty();
             let options = ExampleOptions {
                 listen_addr: listen,
@@ -148,20 +143,6 @@ fn migrate(path: PathBuf) -> anyhow::Result<()> {
     let store = PostgresStore::open(&settings, config.storage.quota())?;
     println!("schema version {}", store.schema_version());
     Ok(())
-}
-
-fn parse_authority(s: &str) -> anyhow::Result<AuthorityPin> {
-    let (addr, key) = s
-        .split_once('=')
-        .with_context(|| format!("--authority {s}: expected ADDR=KEY"))?;
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("--authority {s}: bad address"))?;
-    IdentityKey::from_base58(key).with_context(|| format!("--authority {s}: bad key"))?;
-    Ok(AuthorityPin {
-        addr,
-        key: key.to_owned(),
-    })
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {

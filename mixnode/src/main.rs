@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use murmur_mixnode::config::{AuthorityPin, example_config};
+use murmur_directory::AuthorityPin;
+use murmur_mixnode::config::example_config;
 use murmur_mixnode::{MixNodeConfig, start_mixnode};
 use murmur_net::clock::SystemClock;
 use murmur_wire::IdentityKey;
@@ -48,7 +49,7 @@ enum Command {
         http: SocketAddr,
         /// A directory authority, as ADDR=BASE58KEY (repeat for each).
         #[arg(long = "authority", value_name = "ADDR=KEY")]
-        authorities: Vec<String>,
+        authorities: Vec<AuthorityPin>,
         /// How many authorities must sign a consensus (0: a majority of
         /// those given).
         #[arg(long, default_value_t = 0)]
@@ -108,33 +109,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn parse_authority(s: &str) -> anyhow::Result<AuthorityPin> {
-    let (addr, key) = s
-        .split_once('=')
-        .with_context(|| format!("--authority {s}: expected ADDR=KEY"))?;
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("--authority {s}: bad address"))?;
-    IdentityKey::from_base58(key).with_context(|| format!("--authority {s}: bad key"))?;
-    Ok(AuthorityPin {
-        addr,
-        key: key.to_owned(),
-    })
-}
-
 fn init(
     dir: &Path,
     listen: SocketAddr,
     public_addr: Option<SocketAddr>,
     http: SocketAddr,
-    authorities: &[String],
+    pins: &[AuthorityPin],
     threshold: usize,
     force: bool,
 ) -> anyhow::Result<()> {
-    let pins = authorities
-        .iter()
-        .map(|a| parse_authority(a))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("could not set permissions on {}", dir.display()))?;
@@ -154,7 +137,7 @@ fn init(
         write_identity(&key_path, &key)?;
         key
     };
-    let text = example_config(".", listen, public_addr, http, &pins, threshold);
+    let text = example_config(".", listen, public_addr, http, pins, threshold);
     std::fs::write(&config_path, &text)
         .with_context(|| format!("could not write {}", config_path.display()))?;
     MixNodeConfig::load(&config_path).context("the written configuration does not load")?;

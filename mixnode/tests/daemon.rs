@@ -3,18 +3,20 @@
 //! the binary's `init` and `run` with a graceful SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+// The engine test helpers live with the engine, in murmur-node.
+#[path = "../../node/tests/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{identity, wait_until};
+use murmur_directory::AuthorityPin;
 use murmur_directory::{AuthorityConfig, AuthorityHandle, start_authority};
-use murmur_mixnode::config::AuthorityPin;
-use murmur_mixnode::engine::EngineLimits;
 use murmur_mixnode::{MixNodeConfig, start_mixnode};
 use murmur_net::clock::{Clock, OffsetClock};
 use murmur_net::http::HttpClient;
+use murmur_node::engine::EngineLimits;
 use tokio_util::sync::CancellationToken;
 
 const L: u64 = 3600;
@@ -63,7 +65,7 @@ fn node_config(dir: &std::path::Path, auth: &AuthorityHandle) -> MixNodeConfig {
     c.replay = common::replay_settings();
     c.directory.authorities = vec![AuthorityPin {
         addr: auth.addr,
-        key: auth.key.to_base58(),
+        key: auth.key,
     }];
     c.directory.request_timeout_ms = 2000;
     c

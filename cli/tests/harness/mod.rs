@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use murmur_client::network::{AuthorityEntry, NetworkConfig, follow};
 use murmur_client::{Body, Client, ClientOptions, ConsensusSource, Passphrase};
-use murmur_directory::{AuthorityEndpoint, DirectoryClient};
+use murmur_directory::{AuthorityPin, DirectoryClient};
 use murmur_net::http::HttpClient;
 use murmur_wire::{IdentityKey, MessageId, NodeId, VerifiedConsensus};
 use tokio_util::sync::CancellationToken;
@@ -622,10 +622,10 @@ impl Net {
 
     /// A directory client pinning this network's authorities.
     pub fn directory(&self) -> DirectoryClient {
-        let endpoints: Vec<AuthorityEndpoint> = self
+        let endpoints: Vec<AuthorityPin> = self
             .authorities
             .iter()
-            .map(|a| AuthorityEndpoint {
+            .map(|a| AuthorityPin {
                 addr: a.addr,
                 key: a.key,
             })

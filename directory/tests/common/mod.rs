@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_directory::config::PeerConfig;
 use murmur_directory::{
-    AuthorityConfig, AuthorityEndpoint, AuthorityHandle, DirectoryClient, start_authority_on,
+    AuthorityConfig, AuthorityHandle, AuthorityPin, DirectoryClient, start_authority_on,
 };
 use murmur_net::clock::{Clock, OffsetClock};
 use murmur_net::http::HttpClient;
@@ -162,9 +161,9 @@ impl Net {
             cfg.threshold = k;
             cfg.peers = (0..n)
                 .filter(|j| *j != i)
-                .map(|j| PeerConfig {
+                .map(|j| AuthorityPin {
                     addr: addrs[j],
-                    key: ident(&keys[j]).to_base58(),
+                    key: ident(&keys[j]),
                 })
                 .collect();
             tweak(i, &mut cfg);
@@ -192,11 +191,11 @@ impl Net {
         }
     }
 
-    pub fn endpoints(&self) -> Vec<AuthorityEndpoint> {
+    pub fn endpoints(&self) -> Vec<AuthorityPin> {
         self.keys
             .iter()
             .zip(&self.addrs)
-            .map(|(k, a)| AuthorityEndpoint {
+            .map(|(k, a)| AuthorityPin {
                 addr: *a,
                 key: ident(k),
             })

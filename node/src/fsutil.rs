@@ -1,4 +1,5 @@
-//! Small file helpers: private directories, atomic private writes, erasure.
+//! Small file helpers for node state: private directories, atomic private
+//! writes, erasure of secrets.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -9,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// Creates `dir` (and parents) with mode 0700 if missing; tightens an
 /// existing directory to 0700.
-pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+pub fn private_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -20,7 +21,7 @@ pub(crate) fn private_dir(dir: &Path) -> Result<()> {
 }
 
 /// Fsyncs a directory, so that a rename or removal in it is durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("could not sync directory", dir, e))
@@ -28,7 +29,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename,
 /// fsync of the directory), readable by the owner only (0600).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -52,7 +53,7 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Like [`write_private`], the contents written by `fill` (streamed, for
 /// files too large to build in memory first).
-pub(crate) fn write_private_with(
+pub fn write_private_with(
     path: &Path,
     fill: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<()> {
@@ -80,7 +81,7 @@ pub(crate) fn write_private_with(
 /// Overwrites a file with zeros, syncs it, and removes it. On journaling or
 /// copy-on-write file systems and on SSDs the old blocks may survive the
 /// overwrite; the overwrite is a best effort on top of the removal.
-pub(crate) fn erase(path: &Path) -> Result<()> {
+pub fn erase(path: &Path) -> Result<()> {
     let overwrite = || -> std::io::Result<()> {
         let len = fs::metadata(path)?.len();
         let mut f = OpenOptions::new().write(true).open(path)?;
@@ -110,7 +111,7 @@ pub(crate) fn erase(path: &Path) -> Result<()> {
 }
 
 /// Removes a file; a missing file is fine.
-pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
+pub fn remove_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod engine;
+mod error;
+pub mod fsutil;
+pub mod keys;
+pub mod registration;
+
+pub use error::{Error, Result};
