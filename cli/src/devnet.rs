@@ -107,26 +107,11 @@ fn key_file(dir: &Path) -> PathBuf {
     dir.join("identity.key")
 }
 
-/// Loads the identity key in `dir`, or makes one.
+/// Loads the identity key in `dir`, or makes one (`murmur_net::keyfile`:
+/// the daemons' format; keys older devnets wrote as raw bytes still load).
 fn identity(dir: &Path) -> Result<SigningKey> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = key_file(dir);
-    if let Ok(bytes) = std::fs::read(&path) {
-        let arr: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow!("{} is not a 32-byte key", path.display()))?;
-        return Ok(SigningKey::from_bytes(&arr));
-    }
-    let mut secret = [0u8; 32];
-    rand::Rng::fill_bytes(&mut rand::rng(), &mut secret);
-    std::fs::write(&path, secret).with_context(|| format!("writing {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(SigningKey::from_bytes(&secret))
+    Ok(murmur_net::keyfile::load_or_create(&key_file(dir))?)
 }
 
 fn loopback0() -> SocketAddr {

@@ -3,7 +3,9 @@
 //! * `murmur-mailbox init --dir DIR [--authority ADDR=KEY]...` writes
 //!   `DIR/mailbox.toml` (every key commented, with its default) and a new
 //!   Ed25519 identity key `DIR/identity.key` (mode 0600), and prints the
-//!   node id.
+//!   node id. `--force` rewrites an existing configuration and keeps the
+//!   identity key; `--new-identity` replaces the key and says which one it
+//!   replaced.
 //! * `murmur-mailbox run --config FILE` runs the provider until SIGINT or
 //!   SIGTERM, then shuts down gracefully (last batch committed, replay cache
 //!   persisted, database closed).
@@ -22,6 +24,7 @@ use murmur_mailbox::{
     Backend, Config, ExampleOptions, PostgresStore, init_dir, load_identity, start_mailbox,
 };
 use murmur_net::clock::SystemClock;
+use murmur_wire::IdentityKey;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -37,7 +40,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Writes DIR/mailbox.toml (every option, commented) and a new identity
-    /// key DIR/identity.key. Refuses to overwrite existing files.
+    /// key DIR/identity.key. An existing configuration is rewritten only
+    /// with --force; an existing identity key is kept (see --new-identity).
     Init {
         /// Directory to create the files in (the data directory too).
         #[arg(long)]
@@ -66,6 +70,16 @@ enum Command {
         /// those given).
         #[arg(long, default_value_t = 0)]
         threshold: usize,
+        /// Overwrite an existing configuration. An existing identity key
+        /// is kept (see --new-identity).
+        #[arg(long)]
+        force: bool,
+        /// Replace an existing identity key with a new one, and say which
+        /// public key it replaced: the provider becomes a new node (a new
+        /// node id, so its queues' addresses change), which the directory
+        /// operators must admit again.
+        #[arg(long)]
+        new_identity: bool,
     },
     /// Runs the provider until SIGINT or SIGTERM.
     Run {
@@ -102,6 +116,8 @@ fn main() -> anyhow::Result<()> {
             http_public_addr,
             authorities,
             threshold,
+            force,
+            new_identity,
         } => {
             let no_authorities = authorities.is_empty();
             let options = ExampleOptions {
@@ -113,9 +129,11 @@ fn main() -> anyhow::Result<()> {
                 authorities,
                 threshold,
             };
-            let (config, identity) = init_dir(&dir, &options)
+            let (config, identity) = init_dir(&dir, &options, force, new_identity)
                 .with_context(|| format!("initialising {}", dir.display()))?;
-            println!("wrote {} and a new identity key", config.display());
+            println!("{}", identity.describe(&dir.join("identity.key")));
+            let identity = IdentityKey::from(&identity.key().verifying_key());
+            println!("wrote {}", config.display());
             println!("identity key: {identity}");
             println!("node id: {}", identity.node_id());
             println!(
