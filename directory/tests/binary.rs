@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
+#[path = "../../net/tests/support/init_identity.rs"]
+mod init_identity;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -238,51 +240,12 @@ async fn unknown_config_keys_are_refused_by_name() {
     assert!(stderr.contains("bogus_knob"), "{stderr}");
 }
 
-/// `init --force` rewrites the configuration and keeps the authority key;
-/// `init --force --new-identity` replaces the key and names the old one.
+/// `init --force` keeps the authority key; `--new-identity` replaces it.
 #[test]
-fn init_force_keeps_the_authority_key_and_new_identity_replaces_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let key_path = home.join("authority.key");
-    let init = |extra: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .args(["init", "--dir"])
-            .arg(&home)
-            .args(extra)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
-    let public = || {
-        let key = murmur_net::keyfile::read_signing_key(&key_path).unwrap();
-        murmur_wire::IdentityKey::from(&key.verifying_key())
-    };
-    let (ok, out) = init(&[]);
-    assert!(ok, "{out}");
-    let first = public();
-    std::fs::write(home.join("directory.toml"), "# edited\n").unwrap();
-
-    let (ok, out) = init(&[]);
-    assert!(!ok, "{out}");
-    assert!(out.contains("--force"), "{out}");
-
-    let (ok, out) = init(&["--force"]);
-    assert!(ok, "{out}");
-    assert!(out.contains("kept the existing identity key"), "{out}");
-    assert_eq!(public(), first);
-    let config = std::fs::read_to_string(home.join("directory.toml")).unwrap();
-    assert!(!config.contains("# edited"));
-
-    let (ok, out) = init(&["--force", "--new-identity"]);
-    assert!(ok, "{out}");
-    assert_ne!(public(), first);
-    assert!(out.contains("replaced the identity key"), "{out}");
-    assert!(out.contains(&first.to_base58()), "{out}");
-    assert!(out.contains(&public().to_base58()), "{out}");
+fn init_force_keeps_the_key_and_new_identity_replaces_it() {
+    init_identity::init_force_keeps_the_key_and_new_identity_replaces_it(
+        BIN,
+        "authority.key",
+        "directory.toml",
+    );
 }

@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use murmur_directory::AuthorityPin;
 use murmur_mailbox::{
     Backend, Config, ExampleOptions, PostgresStore, init_dir, load_identity, start_mailbox,
 };
 use murmur_net::clock::SystemClock;
+use murmur_node::cli::NodeInitArgs;
 use murmur_wire::IdentityKey;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -63,23 +63,8 @@ enum Command {
         /// HTTP server listens on a wildcard address).
         #[arg(long)]
         http_public_addr: Option<SocketAddr>,
-        /// A directory authority, as ADDR=BASE58KEY (repeat for each).
-        #[arg(long = "authority", value_name = "ADDR=KEY")]
-        authorities: Vec<AuthorityPin>,
-        /// How many authorities must sign a consensus (0: a majority of
-        /// those given).
-        #[arg(long, default_value_t = 0)]
-        threshold: usize,
-        /// Overwrite an existing configuration. An existing identity key
-        /// is kept (see --new-identity).
-        #[arg(long)]
-        force: bool,
-        /// Replace an existing identity key with a new one, and say which
-        /// public key it replaced: the provider becomes a new node (a new
-        /// node id, so its queues' addresses change), which the directory
-        /// operators must admit again.
-        #[arg(long)]
-        new_identity: bool,
+        #[command(flatten)]
+        node: NodeInitArgs,
     },
     /// Runs the provider until SIGINT or SIGTERM.
     Run {
@@ -114,22 +99,19 @@ fn main() -> anyhow::Result<()> {
             http,
             operator,
             http_public_addr,
-            authorities,
-            threshold,
-            force,
-            new_identity,
+            node,
         } => {
-            let no_authorities = authorities.is_empty();
+            let no_authorities = node.authorities.is_empty();
             let options = ExampleOptions {
                 listen_addr: listen,
                 public_addr,
                 http_listen: http,
                 http_public_addr,
                 operator_addr: operator,
-                authorities,
-                threshold,
+                authorities: node.authorities,
+                threshold: node.threshold,
             };
-            let (config, identity) = init_dir(&dir, &options, force, new_identity)
+            let (config, identity) = init_dir(&dir, &options, node.force, node.new_identity)
                 .with_context(|| format!("initialising {}", dir.display()))?;
             println!("{}", identity.describe(&dir.join("identity.key")));
             let identity = IdentityKey::from(&identity.key().verifying_key());

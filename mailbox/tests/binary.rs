@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
+#[path = "../../net/tests/support/init_identity.rs"]
+mod init_identity;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -27,53 +29,14 @@ use murmur_wire::mailbox::QueueItem;
 use murmur_wire::{Ack, MessageId, SurbId, SurbRecovery};
 use tokio_util::sync::CancellationToken;
 
-/// `init --force` rewrites the configuration and keeps the identity key;
-/// `init --force --new-identity` replaces the key and names the old one.
+/// `init --force` keeps the identity key; `--new-identity` replaces it.
 #[test]
-fn init_force_keeps_the_identity_key_and_new_identity_replaces_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = dir.path().join("node");
-    let key_path = node.join("identity.key");
-    let init = |extra: &[&str]| {
-        let out = Command::new(BIN)
-            .args(["init", "--dir"])
-            .arg(&node)
-            .args(extra)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
-    let public = || {
-        let key = murmur_mailbox::load_identity(&key_path).unwrap();
-        murmur_wire::IdentityKey::from(&key.verifying_key())
-    };
-    let (ok, out) = init(&[]);
-    assert!(ok, "{out}");
-    let first = public();
-    std::fs::write(node.join("mailbox.toml"), "# edited\n").unwrap();
-
-    let (ok, out) = init(&[]);
-    assert!(!ok, "{out}");
-    assert!(out.contains("--force"), "{out}");
-
-    let (ok, out) = init(&["--force"]);
-    assert!(ok, "{out}");
-    assert!(out.contains("kept the existing identity key"), "{out}");
-    assert_eq!(public(), first);
-    let config = std::fs::read_to_string(node.join("mailbox.toml")).unwrap();
-    assert!(!config.contains("# edited"));
-
-    let (ok, out) = init(&["--force", "--new-identity"]);
-    assert!(ok, "{out}");
-    assert_ne!(public(), first);
-    assert!(out.contains("replaced the identity key"), "{out}");
-    assert!(out.contains(&first.to_base58()), "{out}");
-    assert!(out.contains(&public().to_base58()), "{out}");
+fn init_force_keeps_the_key_and_new_identity_replaces_it() {
+    init_identity::init_force_keeps_the_key_and_new_identity_replaces_it(
+        BIN,
+        "identity.key",
+        "mailbox.toml",
+    );
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_murmur-mailbox");

@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use murmur_directory::AuthorityPin;
 use murmur_mixnode::config::example_config;
 use murmur_mixnode::{MixNodeConfig, start_mixnode};
 use murmur_net::clock::SystemClock;
 use murmur_net::keyfile;
+use murmur_node::cli::NodeInitArgs;
 use murmur_wire::IdentityKey;
 use murmur_wire::ed25519_dalek::SigningKey;
 use tokio_util::sync::CancellationToken;
@@ -60,22 +60,8 @@ struct InitArgs {
     /// Address of /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:7301")]
     http: SocketAddr,
-    /// A directory authority, as ADDR=BASE58KEY (repeat for each).
-    #[arg(long = "authority", value_name = "ADDR=KEY")]
-    authorities: Vec<AuthorityPin>,
-    /// How many authorities must sign a consensus (0: a majority of
-    /// those given).
-    #[arg(long, default_value_t = 0)]
-    threshold: usize,
-    /// Overwrite an existing configuration. An existing identity key
-    /// is kept (see --new-identity).
-    #[arg(long)]
-    force: bool,
-    /// Replace an existing identity key with a new one, and say which
-    /// public key it replaced: the node becomes a new node (a new node
-    /// id), which the directory operators must admit again.
-    #[arg(long)]
-    new_identity: bool,
+    #[command(flatten)]
+    node: NodeInitArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,14 +96,14 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("could not set permissions on {}", dir.display()))?;
     let config_path = dir.join("mixnode.toml");
-    if config_path.exists() && !args.force {
+    if config_path.exists() && !args.node.force {
         bail!(
             "{} exists; pass --force to overwrite it (the identity key is kept)",
             config_path.display()
         );
     }
     let key_path = dir.join("identity.key");
-    let identity = keyfile::init_identity(&key_path, args.new_identity)
+    let identity = keyfile::init_identity(&key_path, args.node.new_identity)
         .context("the identity key was left as it was")?;
     println!("{}", identity.describe(&key_path));
     let text = example_config(
@@ -125,8 +111,8 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         args.listen,
         args.public_addr,
         args.http,
-        &args.authorities,
-        args.threshold,
+        &args.node.authorities,
+        args.node.threshold,
     );
     std::fs::write(&config_path, &text)
         .with_context(|| format!("could not write {}", config_path.display()))?;
@@ -138,7 +124,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
     println!(
         "directory operators list the node once admitted: murmur-directory admit --config FILE {identity}"
     );
-    if args.authorities.is_empty() {
+    if args.node.authorities.is_empty() {
         println!("add the directory authorities to [directory] before `run`");
     }
     Ok(())

@@ -6,6 +6,8 @@
 // The engine test helpers live with the engine, in murmur-node.
 #[path = "../../node/tests/common/mod.rs"]
 mod common;
+#[path = "../../net/tests/support/init_identity.rs"]
+mod init_identity;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,51 +216,12 @@ async fn the_binary_initialises_runs_and_stops_on_sigterm() {
     stop.cancel();
 }
 
-/// `init --force` rewrites the configuration and keeps the identity key;
-/// `init --force --new-identity` replaces the key and names the old one.
+/// `init --force` keeps the identity key; `--new-identity` replaces it.
 #[test]
-fn init_force_keeps_the_identity_key_and_new_identity_replaces_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let key_path = home.join("identity.key");
-    let init = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_murmur-mixnode"))
-            .args(["init", "--dir"])
-            .arg(&home)
-            .args(extra)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
-    let public = || {
-        let key = murmur_net::keyfile::read_signing_key(&key_path).unwrap();
-        murmur_wire::IdentityKey::from(&key.verifying_key())
-    };
-    let (ok, out) = init(&[]);
-    assert!(ok, "{out}");
-    let first = public();
-    std::fs::write(home.join("mixnode.toml"), "# edited\n").unwrap();
-
-    let (ok, out) = init(&[]);
-    assert!(!ok, "{out}");
-    assert!(out.contains("--force"), "{out}");
-
-    let (ok, out) = init(&["--force"]);
-    assert!(ok, "{out}");
-    assert!(out.contains("kept the existing identity key"), "{out}");
-    assert_eq!(public(), first);
-    let config = std::fs::read_to_string(home.join("mixnode.toml")).unwrap();
-    assert!(!config.contains("# edited"));
-
-    let (ok, out) = init(&["--force", "--new-identity"]);
-    assert!(ok, "{out}");
-    assert_ne!(public(), first);
-    assert!(out.contains("replaced the identity key"), "{out}");
-    assert!(out.contains(&first.to_base58()), "{out}");
-    assert!(out.contains(&public().to_base58()), "{out}");
+fn init_force_keeps_the_key_and_new_identity_replaces_it() {
+    init_identity::init_force_keeps_the_key_and_new_identity_replaces_it(
+        env!("CARGO_BIN_EXE_murmur-mixnode"),
+        "identity.key",
+        "mixnode.toml",
+    );
 }
