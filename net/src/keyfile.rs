@@ -13,14 +13,16 @@
 //! [`init_identity`] is what every daemon's `init` does with its key: keep
 //! it, make it, or — only when asked — replace it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use murmur_wire::IdentityKey;
 use murmur_wire::ed25519_dalek::SigningKey;
 use zeroize::Zeroizing;
+
+use crate::fsutil;
 
 /// The length of a seed, in bytes.
 const SEED_LEN: usize = 32;
@@ -129,68 +131,29 @@ fn encode(key: &SigningKey) -> Zeroizing<String> {
 /// and the directory fsynced). An existing file is never overwritten:
 /// [`KeyFileError::Exists`].
 pub fn write_new(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
-    let mut file = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(KeyFileError::Exists {
+    fsutil::create_private(path, |f| f.write_all(encode(key).as_bytes())).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            KeyFileError::Exists {
                 path: path.to_owned(),
-            });
-        }
-        Err(source) => {
-            return Err(KeyFileError::Write {
+            }
+        } else {
+            KeyFileError::Write {
                 path: path.to_owned(),
                 source,
-            });
+            }
         }
-    };
-    let write = |file: &mut File| -> io::Result<()> {
-        file.write_all(encode(key).as_bytes())?;
-        file.sync_all()?;
-        sync_parent(path)
-    };
-    write(&mut file).map_err(|source| KeyFileError::Write {
-        path: path.to_owned(),
-        source,
     })
 }
 
-/// Replaces the key in `path` with `key`, atomically: a new file beside it
-/// (0600) is written, fsynced and renamed over it.
+/// Replaces the key in `path` with `key`, atomically
+/// ([`fsutil::write_private_with`]).
 fn replace(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".new");
-    let tmp = PathBuf::from(tmp);
-    let write = || -> io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // A leftover temporary file keeps its mode: force 0600.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(encode(key).as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_parent(path)
-    };
-    write().map_err(|source| KeyFileError::Write {
-        path: path.to_owned(),
-        source,
+    fsutil::write_private_with(path, |f| f.write_all(encode(key).as_bytes())).map_err(|source| {
+        KeyFileError::Write {
+            path: path.to_owned(),
+            source,
+        }
     })
-}
-
-fn sync_parent(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
 }
 
 /// Loads the key in `path`, or makes a new one there if there is no file:
@@ -383,7 +346,7 @@ mod tests {
         assert!(line.contains(&old.to_string()), "{line}");
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(!dir.path().join("identity.key.new").exists());
+        assert!(!dir.path().join("identity.key.tmp").exists());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod clock;
 mod error;
+pub mod fsutil;
 mod handshake;
 pub mod http;
 pub mod keyfile;

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -22,33 +22,13 @@ pub fn private_dir(dir: &Path) -> Result<()> {
 
 /// Fsyncs a directory, so that a rename or removal in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("could not sync directory", dir, e))
+    murmur_net::fsutil::sync_dir(dir).map_err(|e| Error::io("could not sync directory", dir, e))
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename,
 /// fsync of the directory), readable by the owner only (0600).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // An existing temporary file keeps its mode: force 0600.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| Error::io("could not write", path, e))?;
-    sync_dir(dir)
+    write_private_with(path, |f| f.write_all(bytes))
 }
 
 /// Like [`write_private`], the contents written by `fill` (streamed, for
@@ -57,25 +37,8 @@ pub fn write_private_with(
     path: &Path,
     fill: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // An existing temporary file keeps its mode: force 0600.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        fill(&mut f)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| Error::io("could not write", path, e))?;
-    sync_dir(dir)
+    murmur_net::fsutil::write_private_with(path, fill)
+        .map_err(|e| Error::io("could not write", path, e))
 }
 
 /// Overwrites a file with zeros, syncs it, and removes it. On journaling or
