@@ -201,8 +201,7 @@ fn init(dir: &Path, listen: SocketAddr, force: bool, new_identity: bool) -> anyh
             config_path.display()
         );
     }
-    let identity = keyfile::init_identity(&key_path, new_identity)
-        .context("the authority key was left as it was")?;
+    let identity = keyfile::init_identity(&key_path, new_identity)?;
     println!("{}", identity.describe(&key_path));
     let text = example_config(listen, "data", "authority.key");
     std::fs::write(&config_path, text)

@@ -103,8 +103,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
         );
     }
     let key_path = dir.join("identity.key");
-    let identity = keyfile::init_identity(&key_path, args.node.new_identity)
-        .context("the identity key was left as it was")?;
+    let identity = keyfile::init_identity(&key_path, args.node.new_identity)?;
     println!("{}", identity.describe(&key_path));
     let text = example_config(
         ".",
