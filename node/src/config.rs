@@ -268,12 +268,15 @@ snapshot_interval_secs = {snap}
 mod tests {
     use super::*;
 
-    fn pin() -> AuthorityPin {
-        let k = murmur_wire::ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-        AuthorityPin {
-            addr: "127.0.0.1:7100".parse().unwrap(),
-            key: murmur_wire::IdentityKey::from(&k.verifying_key()),
-        }
+    /// `n` distinct authorities.
+    fn pins(n: u8) -> Vec<AuthorityPin> {
+        (1..=n)
+            .map(|i| {
+                let k = murmur_wire::ed25519_dalek::SigningKey::from_bytes(&[i; 32]);
+                let key = murmur_wire::IdentityKey::from(&k.verifying_key());
+                format!("127.0.0.{i}:7100={key}").parse().unwrap()
+            })
+            .collect()
     }
 
     #[test]
@@ -281,7 +284,7 @@ mod tests {
         let mut d = DirectorySettings::default();
         assert_eq!(d.threshold, 0);
         for (n, k) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)] {
-            d.authorities = vec![pin(); n];
+            d.authorities = pins(n);
             assert_eq!(d.effective_threshold(), k, "n = {n}");
             d.check().unwrap();
         }
