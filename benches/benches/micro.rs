@@ -11,10 +11,10 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use murmur_benches::{four_hops, rng};
 use murmur_client::identity::Identity;
 use murmur_client::seal::{self, Body, Envelope};
-use murmur_directory::clock::SystemClock;
 use murmur_mailbox::writer::Writer;
 use murmur_mailbox::{Metrics, NewItem, Quota, RedbStore, Store, WriterConfig};
-use murmur_mixnode::engine::{ReplayCache, ReplaySettings, Seen};
+use murmur_net::clock::SystemClock;
+use murmur_node::engine::{ReplayCache, ReplaySettings, Seen};
 use murmur_wire::mailbox::QueueItem;
 use murmur_wire::{
     Ack, DEPOSIT_BODY_SIZE, Deposit, Destination, FinalPayload, KeyRing, MessageId, PacketCodec,

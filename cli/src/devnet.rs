@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use murmur_client::network::{AuthorityEntry, NetworkConfig};
-use murmur_directory::clock::{Clock, SystemClock};
-use murmur_directory::http::HttpClient;
 use murmur_directory::{
-    AuthorityConfig, AuthorityEndpoint, AuthorityHandle, DirectoryClient, start_authority_on,
+    AuthorityConfig, AuthorityHandle, AuthorityPin, DirectoryClient, start_authority_on,
 };
 use murmur_mailbox::MailboxHandle;
 use murmur_mixnode::MixNodeHandle;
+use murmur_net::clock::{Clock, SystemClock};
+use murmur_net::http::HttpClient;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::{IdentityKey, NodeId, VerifiedConsensus};
 use serde::{Deserialize, Serialize};
@@ -107,26 +107,11 @@ fn key_file(dir: &Path) -> PathBuf {
     dir.join("identity.key")
 }
 
-/// Loads the identity key in `dir`, or makes one.
+/// Loads the identity key in `dir`, or makes one (`murmur_net::keyfile`:
+/// the daemons' format; keys older devnets wrote as raw bytes still load).
 fn identity(dir: &Path) -> Result<SigningKey> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = key_file(dir);
-    if let Ok(bytes) = std::fs::read(&path) {
-        let arr: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow!("{} is not a 32-byte key", path.display()))?;
-        return Ok(SigningKey::from_bytes(&arr));
-    }
-    let mut secret = [0u8; 32];
-    rand::Rng::fill_bytes(&mut rand::rng(), &mut secret);
-    std::fs::write(&path, secret).with_context(|| format!("writing {}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(SigningKey::from_bytes(&secret))
+    Ok(murmur_net::keyfile::load_or_create(&key_file(dir))?)
 }
 
 fn loopback0() -> SocketAddr {
@@ -176,11 +161,11 @@ impl Devnet {
             keys.push(identity(&options.dir.join(format!("authority-{i}")))?);
             listeners.push(listener);
         }
-        let endpoints: Vec<AuthorityEndpoint> = listeners
+        let endpoints: Vec<AuthorityPin> = listeners
             .iter()
             .zip(&keys)
-            .map(|(l, k)| -> Result<AuthorityEndpoint> {
-                Ok(AuthorityEndpoint {
+            .map(|(l, k)| -> Result<AuthorityPin> {
+                Ok(AuthorityPin {
                     addr: l.local_addr()?,
                     key: IdentityKey::from(&k.verifying_key()),
                 })
@@ -209,10 +194,7 @@ impl Devnet {
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .map(|(_, e)| murmur_directory::config::PeerConfig {
-                    addr: e.addr,
-                    key: e.key.to_base58(),
-                })
+                .map(|(_, e)| *e)
                 .collect();
             cfg.params.mean_delay_ms = options.mean_delay_ms;
             cfg.params.max_delay_ms = options.max_delay_ms;
@@ -229,13 +211,7 @@ impl Devnet {
             authorities.push(Some(handle));
             authority_tokens.push(token);
         }
-        let pins: Vec<murmur_mixnode::config::AuthorityPin> = endpoints
-            .iter()
-            .map(|e| murmur_mixnode::config::AuthorityPin {
-                addr: e.addr,
-                key: e.key.to_base58(),
-            })
-            .collect();
+        let pins: Vec<AuthorityPin> = endpoints.clone();
 
         // Mix nodes.
         let mut mixes = Vec::new();

@@ -14,7 +14,7 @@
 //!   function;
 //! - `directory/tests/hostile.rs`: authorities refuse descriptors with bad
 //!   signatures, oversized, undecodable, stale;
-//! - `mixnode/tests/engine.rs`: replays and garbage frames at the engine;
+//! - `node/tests/engine.rs`: replays and garbage frames at the engine;
 //! - `cli/tests/logs.rs`: nothing secret is logged at info;
 //! - `cli/tests/e2e.rs`: mailboxes and mixes store neither plaintext nor
 //!   the sender's identity.
@@ -27,10 +27,10 @@ use bytes::Bytes;
 use murmur::devnet::{Devnet, DevnetOptions};
 use murmur_client::network::{AuthorityEntry, follow};
 use murmur_client::{Body, Client, ClientOptions, Passphrase};
-use murmur_directory::clock::{Clock, SystemClock};
-use murmur_directory::http::{HttpClient, POSTCARD};
 use murmur_net::LinkSettings;
+use murmur_net::clock::{Clock, SystemClock};
 use murmur_net::http::LinkHttpClient;
+use murmur_net::http::{HttpClient, POSTCARD};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::link::Purpose;
 use murmur_wire::mailbox::{
@@ -308,9 +308,9 @@ async fn clients_and_nodes_refuse_documents_without_a_threshold_of_their_pins() 
     cfg.directory.authorities = strangers
         .authorities
         .iter()
-        .map(|a| murmur_mixnode::config::AuthorityPin {
+        .map(|a| murmur_directory::AuthorityPin {
             addr: a.address,
-            key: a.key.clone(),
+            key: murmur_wire::IdentityKey::from_base58(&a.key).unwrap(),
         })
         .collect();
     let stop = CancellationToken::new();

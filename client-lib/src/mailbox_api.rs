@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::StatusCode;
-use murmur_directory::http::POSTCARD;
 use murmur_net::LinkSettings;
 use murmur_net::http::LinkHttpClient;
+use murmur_net::http::POSTCARD;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::link::{LinkPublicKey, Purpose};
 use murmur_wire::mailbox::{

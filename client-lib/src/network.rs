@@ -18,9 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_directory::clock::{Clock, SystemClock};
-use murmur_directory::http::HttpClient;
-use murmur_directory::{AuthorityEndpoint, ConsensusWatch, DirectoryClient, spawn_follower};
+use murmur_directory::{AuthorityPin, ConsensusWatch, DirectoryClient, spawn_follower};
+use murmur_net::clock::{Clock, SystemClock};
+use murmur_net::http::HttpClient;
 use murmur_wire::{IdentityKey, VerifiedConsensus};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -100,7 +100,7 @@ impl NetworkConfig {
     }
 
     /// The authorities as endpoints; checks keys and threshold.
-    pub fn endpoints(&self) -> std::result::Result<Vec<AuthorityEndpoint>, String> {
+    pub fn endpoints(&self) -> std::result::Result<Vec<AuthorityPin>, String> {
         if self.authorities.is_empty() {
             return Err("no [[authority]] is listed".into());
         }
@@ -109,7 +109,7 @@ impl NetworkConfig {
             .iter()
             .map(|a| {
                 IdentityKey::from_base58(&a.key)
-                    .map(|key| AuthorityEndpoint {
+                    .map(|key| AuthorityPin {
                         addr: a.address,
                         key,
                     })

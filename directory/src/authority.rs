@@ -30,14 +30,15 @@ use crate::admission::{
     AdmissionList, Admitted, FileStamp, LinkHandshakeProbe, ProbeState, ReachabilityProbe,
     host_key, is_routable, subnet_key,
 };
-use crate::client::{AuthorityEndpoint, MAX_CONSENSUS_SIZE};
-use crate::clock::Clock;
-use crate::config::{AdmissionMode, AuthorityConfig, Peer};
+use crate::client::MAX_CONSENSUS_SIZE;
+use crate::config::{AdmissionMode, AuthorityConfig};
 use crate::consensus::{self, quorum};
 use crate::error::Error;
-use crate::http::{self as h, HttpClient, HttpResponse, POSTCARD};
 use crate::metrics::{EpochLabel, Metrics, OutcomeLabel, ReasonLabel, StatusLabel};
+use crate::pin::AuthorityPin;
 use crate::store::{Kind, Store};
+use murmur_net::clock::Clock;
+use murmur_net::http::{self as h, HttpClient, HttpResponse, POSTCARD};
 
 /// Largest `POST /v1/descriptors` body: a signed descriptor's wire form.
 pub const MAX_DESCRIPTOR_UPLOAD: usize = MAX_DESCRIPTOR_SIZE + 80;
@@ -55,8 +56,8 @@ pub struct AuthorityHandle {
 
 impl AuthorityHandle {
     /// This authority as clients pin it.
-    pub fn endpoint(&self) -> AuthorityEndpoint {
-        AuthorityEndpoint {
+    pub fn endpoint(&self) -> AuthorityPin {
+        AuthorityPin {
             addr: self.addr,
             key: self.key,
         }
@@ -238,7 +239,7 @@ struct Authority {
     params: NetworkParams,
     key: SigningKey,
     me: IdentityKey,
-    peers: Vec<Peer>,
+    peers: Vec<AuthorityPin>,
     set: AuthoritySet,
     clock: Arc<dyn Clock>,
     store: Store,
@@ -1322,7 +1323,7 @@ impl Authority {
                 },
             };
             let have: BTreeSet<IdentityKey> = doc.signatures.iter().map(|s| s.authority).collect();
-            let missing: Vec<Peer> = self
+            let missing: Vec<AuthorityPin> = self
                 .peers
                 .iter()
                 .filter(|p| !have.contains(&p.key))

@@ -4,23 +4,21 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
 use murmur_wire::policy::epoch_at;
-use murmur_wire::{
-    AuthoritySet, IdentityKey, SignedConsensus, SignedDescriptor, VerifiedConsensus,
-};
+use murmur_wire::{AuthoritySet, SignedConsensus, SignedDescriptor, VerifiedConsensus};
 use rand::seq::SliceRandom;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
 use crate::error::Error;
-use crate::http::{HttpClient, HttpError, POSTCARD};
+use crate::pin::AuthorityPin;
+use murmur_net::clock::Clock;
+use murmur_net::http::{HttpClient, HttpError, POSTCARD};
 
 /// The most bytes a consensus document (with its signatures) may take on
 /// the wire; larger responses are refused unread.
@@ -28,15 +26,6 @@ pub const MAX_CONSENSUS_SIZE: usize = 8 * 1024 * 1024;
 
 /// Largest error text kept from an authority's answer.
 const MAX_REASON: usize = 200;
-
-/// A pinned authority: where to reach it and the key it signs with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AuthorityEndpoint {
-    /// Its HTTP address.
-    pub addr: SocketAddr,
-    /// Its Ed25519 public key.
-    pub key: IdentityKey,
-}
 
 /// Why one authority did not give a usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +71,7 @@ impl AttemptError {
 #[derive(Debug)]
 pub struct Attempt {
     /// The authority.
-    pub authority: AuthorityEndpoint,
+    pub authority: AuthorityPin,
     /// What went wrong with it.
     pub error: AttemptError,
 }
@@ -119,7 +108,7 @@ impl fmt::Display for FetchError {
 #[derive(Debug, Default)]
 pub struct UploadReport {
     /// Authorities that accepted it.
-    pub accepted: Vec<AuthorityEndpoint>,
+    pub accepted: Vec<AuthorityPin>,
     /// Authorities that refused it or could not be reached, with why.
     pub failed: Vec<Attempt>,
 }
@@ -155,7 +144,7 @@ pub struct DirectoryClient {
 
 #[derive(Debug)]
 struct Inner {
-    endpoints: Vec<AuthorityEndpoint>,
+    endpoints: Vec<AuthorityPin>,
     set: AuthoritySet,
     http: HttpClient,
     /// Verified documents by epoch (the newest few).
@@ -178,7 +167,7 @@ impl DirectoryClient {
     /// A client pinning `endpoints`' keys, accepting documents signed by at
     /// least `threshold` of them.
     pub fn new(
-        endpoints: Vec<AuthorityEndpoint>,
+        endpoints: Vec<AuthorityPin>,
         threshold: usize,
         http: HttpClient,
     ) -> Result<Self, Error> {
@@ -204,11 +193,11 @@ impl DirectoryClient {
     }
 
     /// The pinned endpoints.
-    pub fn endpoints(&self) -> &[AuthorityEndpoint] {
+    pub fn endpoints(&self) -> &[AuthorityPin] {
         &self.inner.endpoints
     }
 
-    fn shuffled(&self) -> Vec<AuthorityEndpoint> {
+    fn shuffled(&self) -> Vec<AuthorityPin> {
         let mut order = self.inner.endpoints.clone();
         order.shuffle(&mut rand::rng());
         order
@@ -274,7 +263,7 @@ impl DirectoryClient {
 
     async fn fetch_one(
         &self,
-        ep: &AuthorityEndpoint,
+        ep: &AuthorityPin,
         path: &str,
         epoch: Option<u64>,
         now_secs: u64,

@@ -9,7 +9,8 @@ use murmur_wire::{AuthoritySet, IdentityKey, NetworkParams, PACKET_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::http::ServerLimits;
+use crate::pin::AuthorityPin;
+use murmur_net::http::ServerLimits;
 
 /// Everything an authority is configured with. Unknown keys are refused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,7 +30,7 @@ pub struct AuthorityConfig {
     pub epoch_secs: u64,
     /// The other authorities.
     #[serde(default)]
-    pub peers: Vec<PeerConfig>,
+    pub peers: Vec<AuthorityPin>,
     /// How many of the n = peers + 1 authorities must sign a document; 0
     /// (the default) means a majority, ⌊n/2⌋ + 1.
     #[serde(default = "default_threshold")]
@@ -124,16 +125,6 @@ impl AdmissionConfig {
             })
             .collect()
     }
-}
-
-/// Another authority.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    /// Its HTTP address.
-    pub addr: SocketAddr,
-    /// Its public key, base58 (as `murmur-directory init` prints it).
-    pub key: String,
 }
 
 /// The network parameters (see `murmur_wire::NetworkParams`).
@@ -307,13 +298,6 @@ fn default_connection_timeout_secs() -> u64 {
     60
 }
 
-/// A peer authority as the protocol uses it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Peer {
-    pub(crate) addr: SocketAddr,
-    pub(crate) key: IdentityKey,
-}
-
 impl AuthorityConfig {
     /// A configuration with every default, for in-process use.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -386,7 +370,10 @@ impl AuthorityConfig {
 
     /// Checks the configuration and resolves the peers and the authority
     /// set (this authority's key `me` plus the peers').
-    pub(crate) fn validate(&self, me: IdentityKey) -> Result<(Vec<Peer>, AuthoritySet), Error> {
+    pub(crate) fn validate(
+        &self,
+        me: IdentityKey,
+    ) -> Result<(Vec<AuthorityPin>, AuthoritySet), Error> {
         let bad = |reason: String| Error::Config { reason };
         if self.epoch_secs < 2 {
             return Err(bad("epoch_secs must be at least 2".into()));
@@ -421,16 +408,11 @@ impl AuthorityConfig {
                     .into(),
             ));
         }
-        let mut peers = Vec::with_capacity(self.peers.len());
-        for (i, p) in self.peers.iter().enumerate() {
-            let key = IdentityKey::from_base58(&p.key)
-                .map_err(|e| bad(format!("peers[{i}].key: {e}")))?;
-            if key == me {
-                return Err(bad(format!(
-                    "peers[{i}] is this authority's own key; list only the others"
-                )));
-            }
-            peers.push(Peer { addr: p.addr, key });
+        let peers = self.peers.clone();
+        if let Some(i) = peers.iter().position(|p| p.key == me) {
+            return Err(bad(format!(
+                "peers[{i}] is this authority's own key; list only the others"
+            )));
         }
         let mut keys = vec![me];
         keys.extend(peers.iter().map(|p| p.key));
@@ -599,23 +581,25 @@ mod tests {
         // The default, 0: a majority of the n authorities.
         cfg.threshold = 0;
         assert_eq!(cfg.validate(me).unwrap().1.threshold(), 1);
-        let peer = |seed: u8| PeerConfig {
+        let peer = |seed: u8| AuthorityPin {
             addr: default_listen(),
             key: IdentityKey::from(
                 &murmur_wire::ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key(),
-            )
-            .to_base58(),
+            ),
         };
         cfg.peers = vec![peer(4), peer(5)];
         assert_eq!(cfg.validate(me).unwrap().1.threshold(), 2);
         cfg.peers.clear();
         cfg.threshold = 1;
-        cfg.peers.push(PeerConfig {
+        cfg.peers.push(AuthorityPin {
             addr: default_listen(),
-            key: me.to_base58(),
+            key: me,
         });
         assert!(cfg.validate(me).is_err());
-        cfg.peers[0].key = "garbage!".into();
-        assert!(cfg.validate(me).is_err());
+        let text = format!(
+            "data_dir = \"d\"\nkey_file = \"k\"\n[[peers]]\naddr = \"{}\"\nkey = \"garbage!\"\n",
+            default_listen()
+        );
+        assert!(AuthorityConfig::from_toml(&text, Path::new("x.toml")).is_err());
     }
 }

@@ -4,13 +4,11 @@
 pub mod admission;
 mod authority;
 mod client;
-pub mod clock;
 pub mod config;
 pub mod consensus;
 mod error;
-pub mod http;
-pub mod keyfile;
 mod metrics;
+mod pin;
 mod store;
 
 pub use authority::{
@@ -18,8 +16,9 @@ pub use authority::{
     start_authority_with_probe,
 };
 pub use client::{
-    Attempt, AttemptError, AuthorityEndpoint, ConsensusWatch, DirectoryClient, FetchError,
-    MAX_CONSENSUS_SIZE, UploadReport, spawn_follower,
+    Attempt, AttemptError, ConsensusWatch, DirectoryClient, FetchError, MAX_CONSENSUS_SIZE,
+    UploadReport, spawn_follower,
 };
 pub use config::AuthorityConfig;
 pub use error::Error;
+pub use pin::AuthorityPin;

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use murmur_directory::admission::AdmissionList;
-use murmur_directory::clock::SystemClock;
 use murmur_directory::config::{AdmissionMode, example_config};
 use murmur_directory::{AuthorityConfig, start_authority};
+use murmur_net::clock::SystemClock;
+use murmur_net::keyfile;
 use murmur_wire::IdentityKey;
 use murmur_wire::ed25519_dalek::SigningKey;
 use tokio_util::sync::CancellationToken;
-use zeroize::Zeroizing;
 
 /// Murmur directory authority: collects node descriptors, agrees on a
 /// threshold-signed consensus per epoch with its peers, and serves it.
@@ -37,9 +37,15 @@ enum Command {
         /// HTTP address to put in the configuration.
         #[arg(long, default_value = "127.0.0.1:8700")]
         listen: SocketAddr,
-        /// Overwrite an existing configuration and key.
+        /// Overwrite an existing configuration. An existing authority key
+        /// is kept (see --new-identity).
         #[arg(long)]
         force: bool,
+        /// Replace an existing authority key with a new one, and say which
+        /// public key it replaced. Peers and clients pin the old key: they
+        /// must be given the new one.
+        #[arg(long)]
+        new_identity: bool,
     },
     /// Run the authority until SIGINT or SIGTERM.
     Run {
@@ -89,7 +95,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Init { dir, listen, force } => init(&dir, listen, force),
+        Command::Init {
+            dir,
+            listen,
+            force,
+            new_identity,
+        } => init(&dir, listen, force, new_identity),
         Command::Run { config } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -180,25 +191,23 @@ fn edit_admission(
     Ok(())
 }
 
-fn init(dir: &Path, listen: SocketAddr, force: bool) -> anyhow::Result<()> {
+fn init(dir: &Path, listen: SocketAddr, force: bool, new_identity: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     let config_path = dir.join("directory.toml");
     let key_path = dir.join("authority.key");
-    if !force && (config_path.exists() || key_path.exists()) {
+    if !force && config_path.exists() {
         bail!(
-            "{} or {} already exists; pass --force to overwrite",
-            config_path.display(),
-            key_path.display()
+            "{} already exists; pass --force to overwrite it (the authority key is kept)",
+            config_path.display()
         );
     }
-    let key = SigningKey::generate(&mut rand::rng());
-    let secret = Zeroizing::new(bs58::encode(key.to_bytes()).into_string());
-    write_private(&key_path, format!("{}\n", secret.as_str()).as_bytes())?;
+    let identity = keyfile::init_identity(&key_path, new_identity)?;
+    println!("{}", identity.describe(&key_path));
     let text = example_config(listen, "data", "authority.key");
     std::fs::write(&config_path, text)
         .with_context(|| format!("could not write {}", config_path.display()))?;
-    let public = IdentityKey::from(&key.verifying_key());
-    println!("wrote {} and {}", config_path.display(), key_path.display());
+    let public = IdentityKey::from(&identity.key().verifying_key());
+    println!("wrote {}", config_path.display());
     println!("authority public key: {public}");
     println!("peers list this authority as:");
     println!("  [[peers]]\n  addr = \"{listen}\"\n  key = \"{public}\"");
@@ -209,33 +218,8 @@ fn init(dir: &Path, listen: SocketAddr, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("could not create {}", path.display()))?;
-    // An existing file keeps its mode on open: tighten it explicitly.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("could not restrict {}", path.display()))?;
-    }
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("could not write {}", path.display()))?;
-    Ok(())
-}
-
 fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
-    murmur_directory::keyfile::read_signing_key(path)
-        .with_context(|| format!("could not read the key file {}", path.display()))
+    Ok(keyfile::read_signing_key(path)?)
 }
 
 async fn run(config_path: &Path) -> anyhow::Result<()> {

@@ -15,10 +15,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use murmur_directory::admission::{AdmissionList, ReachabilityProbe};
-use murmur_directory::clock::Clock;
 use murmur_directory::config::AdmissionMode;
-use murmur_directory::http::{HttpClient, POSTCARD};
 use murmur_directory::{AuthorityConfig, AuthorityHandle, start_authority_with_probe};
+use murmur_net::clock::Clock;
+use murmur_net::http::{HttpClient, POSTCARD};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::{Descriptor, EpochKey, IdentityKey, Role, SignedDescriptor, SphinxPublicKey};
 use tokio::net::TcpListener;
@@ -80,7 +80,7 @@ async fn refused(addr: SocketAddr, reason: &str) -> f64 {
 /// but for `tweak`, and with `probe` as its reachability probe if given.
 async fn authority(
     dir: &std::path::Path,
-    clock: &murmur_directory::clock::OffsetClock,
+    clock: &murmur_net::clock::OffsetClock,
     probe: Option<Arc<dyn ReachabilityProbe>>,
     tweak: impl FnOnce(&mut AuthorityConfig),
     stop: &CancellationToken,

@@ -3,13 +3,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
+#[path = "../../net/tests/support/init_identity.rs"]
+mod init_identity;
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use murmur_directory::http::HttpClient;
-use murmur_directory::{AuthorityEndpoint, DirectoryClient};
+use murmur_directory::{AuthorityPin, DirectoryClient};
+use murmur_net::http::HttpClient;
 use murmur_wire::IdentityKey;
 use murmur_wire::policy::epoch_at;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -153,7 +155,7 @@ async fn init_then_run_serves_a_bootstrap_document() {
     assert_eq!(get(addr, "/healthz").await.0, 200);
 
     let client = DirectoryClient::new(
-        vec![AuthorityEndpoint { addr, key }],
+        vec![AuthorityPin { addr, key }],
         1,
         HttpClient::new(Duration::from_secs(2)),
     )
@@ -236,4 +238,14 @@ async fn unknown_config_keys_are_refused_by_name() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bogus_knob"), "{stderr}");
+}
+
+/// `init --force` keeps the authority key; `--new-identity` replaces it.
+#[test]
+fn init_force_keeps_the_key_and_new_identity_replaces_it() {
+    init_identity::init_force_keeps_the_key_and_new_identity_replaces_it(
+        BIN,
+        "authority.key",
+        "directory.toml",
+    );
 }

@@ -150,7 +150,7 @@ async fn devnet_bootstrap_with_one_hour_epochs_and_default_timing() {
     let keys: Vec<_> = (0..3u8).map(|i| key(40 + i)).collect();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let clock = Arc::new(murmur_directory::clock::SystemClock);
+    let clock = Arc::new(murmur_net::clock::SystemClock);
     let mut handles = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let mut cfg = murmur_directory::AuthorityConfig::new(dirs[i].path());
@@ -158,9 +158,9 @@ async fn devnet_bootstrap_with_one_hour_epochs_and_default_timing() {
         cfg.threshold = 2;
         cfg.peers = (0..3)
             .filter(|j| *j != i)
-            .map(|j| murmur_directory::config::PeerConfig {
+            .map(|j| murmur_directory::AuthorityPin {
                 addr: addrs[j],
-                key: ident(&keys[j]).to_base58(),
+                key: ident(&keys[j]),
             })
             .collect();
         handles.push(
@@ -178,10 +178,10 @@ async fn devnet_bootstrap_with_one_hour_epochs_and_default_timing() {
     let client = murmur_directory::DirectoryClient::new(
         handles.iter().map(|h| h.endpoint()).collect(),
         2,
-        murmur_directory::http::HttpClient::new(Duration::from_secs(2)),
+        murmur_net::http::HttpClient::new(Duration::from_secs(2)),
     )
     .unwrap();
-    let now = murmur_directory::clock::Clock::now_secs(clock.as_ref());
+    let now = murmur_net::clock::Clock::now_secs(clock.as_ref());
     let e = now / 3600;
     for d in network_descriptors(e, now) {
         assert!(client.upload_descriptor(&d).await.all_accepted());

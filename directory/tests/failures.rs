@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::*;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use murmur_directory::http::{self as h, HttpClient, POSTCARD, ServerLimits};
-use murmur_directory::{AttemptError, AuthorityEndpoint, DirectoryClient};
+use murmur_directory::{AttemptError, AuthorityPin, DirectoryClient};
+use murmur_net::http::{self as h, HttpClient, POSTCARD, ServerLimits};
 use murmur_wire::directory::{AuthoritySignature, Signature};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::{Error as WireError, SignedConsensus, SignedVote, Vote};
@@ -212,11 +212,11 @@ async fn a_lying_authority_cannot_make_clients_accept_its_document() {
     let only_rogue = DirectoryClient::new(
         vec![
             endpoints[2],
-            AuthorityEndpoint {
+            AuthorityPin {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 key: endpoints[0].key,
             },
-            AuthorityEndpoint {
+            AuthorityPin {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 key: endpoints[1].key,
             },
@@ -277,7 +277,7 @@ async fn the_client_refuses_wrong_epoch_and_expired_documents() {
     .await
     .unwrap();
     let replayer = DirectoryClient::new(
-        vec![AuthorityEndpoint {
+        vec![AuthorityPin {
             addr: replay_addr,
             key: ident(&net.keys[0]),
         }],
@@ -304,7 +304,7 @@ async fn the_client_refuses_wrong_epoch_and_expired_documents() {
     );
     // A key the client does not pin: under threshold.
     let stranger = DirectoryClient::new(
-        vec![AuthorityEndpoint {
+        vec![AuthorityPin {
             addr: net.addrs[0],
             key: ident(&key(99)),
         }],

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use murmur_directory::http::{HttpClient, POSTCARD};
+use murmur_net::http::{HttpClient, POSTCARD};
 use murmur_wire::directory::Signature;
 use murmur_wire::ed25519_dalek::Signer;
 use murmur_wire::{Descriptor, EpochKey, Role, SignedDescriptor, SphinxPublicKey};

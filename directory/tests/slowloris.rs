@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use murmur_directory::http::{
+use murmur_net::http::{
     HttpClient, HttpServerMetrics, ServerLimits, read_body, response, spawn_server_with_metrics,
     text,
 };

@@ -1016,7 +1016,6 @@ pub fn configs(data: &[u8]) {
         let _ = c.tick();
     }
     if let Ok(c) = murmur_mixnode::MixNodeConfig::parse(text, path) {
-        let _ = c.directory.pins();
         let _ = c.key_lifetime();
         let _ = c.validate();
         let _ = c.replay.expected_items(c.key_lifetime());

@@ -2,7 +2,7 @@
 //!
 //! `Api::handle` takes a hyper `Request<Incoming>`, which only hyper's own
 //! connection code can make, so the target runs a real hyper HTTP/1 server
-//! connection (the settings of `murmur_directory::http::serve`) over an
+//! connection (the settings of `murmur_net::http::serve`) over an
 //! in-memory duplex pipe: the input is written to it as the client's side
 //! of the connection and then closed. Several pipelined requests in one
 //! input are served in turn. The API's state (a real redb store in a
@@ -16,7 +16,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use murmur_directory::clock::Clock;
+use murmur_net::clock::Clock;
 use murmur_mailbox::{Api, ApiConfig, Mailbox, Metrics, PacketSink, Quota, RedbStore, Store};
 use murmur_wire::{Delivery, Destination, NodeId, PACKET_SIZE, Packet, QueueId, SurbId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -675,9 +675,9 @@ pub fn all() -> Vec<Seed> {
             addr("0.0.0.0:9000"),
             Some(addr("192.0.2.1:9000")),
             addr("127.0.0.1:9100"),
-            &[murmur_mixnode::config::AuthorityPin {
+            &[murmur_directory::AuthorityPin {
                 addr: addr("127.0.0.1:7000"),
-                key: key_b58.clone(),
+                key: keys::authority_identity(0),
             }],
             1,
         )
@@ -689,9 +689,9 @@ pub fn all() -> Vec<Seed> {
         murmur_mailbox::example_config(&murmur_mailbox::ExampleOptions {
             public_addr: Some(addr("192.0.2.1:9001")),
             http_public_addr: Some(addr("192.0.2.1:9002")),
-            authorities: vec![murmur_mixnode::config::AuthorityPin {
+            authorities: vec![murmur_directory::AuthorityPin {
                 addr: addr("127.0.0.1:7000"),
-                key: key_b58.clone(),
+                key: keys::authority_identity(0),
             }],
             threshold: 1,
             ..murmur_mailbox::ExampleOptions::default()

@@ -34,8 +34,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
-use murmur_directory::clock::Clock;
-use murmur_directory::http::{HttpResponse, POSTCARD, read_body, remote_addr, response, text};
+use murmur_net::clock::Clock;
+use murmur_net::http::{HttpResponse, POSTCARD, read_body, remote_addr, response, text};
 use murmur_wire::mailbox::{
     CreateQueueResponse, FRESHNESS_WINDOW_SECS, MAX_DELETE, MAX_REQUEST_SIZE, OwnerOp, OwnerReply,
     OwnerResponse, RequestDigest, SignedCreateQueue, SignedOwnerRequest,

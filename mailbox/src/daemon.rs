@@ -23,24 +23,25 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use http::StatusCode;
-use murmur_directory::clock::Clock;
-use murmur_directory::http::{ServerLimits, serve_with, spawn_server};
 use murmur_directory::{DirectoryClient, spawn_follower};
-use murmur_mixnode::engine::{
+use murmur_net::LinkSettings;
+use murmur_net::clock::Clock;
+use murmur_net::http::{ServerLimits, serve_with, spawn_server};
+use murmur_net::keyfile::{self, InitIdentity};
+use murmur_node::engine::{
     ClientPolicy, Engine, EngineConfig, EngineHandle, EngineStats, LinkConfig, Outbound, Topology,
 };
-use murmur_mixnode::keys::{KeyManager, spawn_rotation};
-use murmur_mixnode::registration::{RegistrationMetrics, WatchTopology, spawn_registration};
-use murmur_net::LinkSettings;
-use murmur_wire::directory::DESCRIPTOR_VERSION;
+use murmur_node::keys::{KeyManager, spawn_rotation};
+use murmur_node::registration::{
+    RegistrationMetrics, WatchTopology, node_descriptor, spawn_registration,
+};
 use murmur_wire::link::Purpose;
 use murmur_wire::policy::epoch_at;
-use murmur_wire::{Descriptor, IdentityKey, LinkSecretKey, NodeId, Packet, Role, SignedDescriptor};
+use murmur_wire::{IdentityKey, LinkSecretKey, NodeId, Packet, Role, SignedDescriptor};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use zeroize::Zeroizing;
 
 use crate::api::{Api, HealthCheck};
 use crate::config::{Config, ExampleOptions, example_config, node_config};
@@ -151,36 +152,18 @@ pub fn mailbox_descriptor(
     keys: &KeyManager,
     now_secs: u64,
 ) -> Result<SignedDescriptor> {
-    sign_descriptor(identity, packet_addr, http_addr, keys, now_secs)
-        .map_err(|(what, source)| Error::Wire { what, source })
-}
-
-/// [`mailbox_descriptor`] with the error in parts, so that the registration
-/// task (which wants the node plumbing's error type) can use it too.
-fn sign_descriptor(
-    identity: &SigningKey,
-    packet_addr: SocketAddr,
-    http_addr: SocketAddr,
-    keys: &KeyManager,
-    now_secs: u64,
-) -> std::result::Result<SignedDescriptor, (&'static str, murmur_wire::Error)> {
-    let descriptor = Descriptor {
-        version: DESCRIPTOR_VERSION,
-        identity: IdentityKey::from(&identity.verifying_key()),
-        role: Role::Mailbox,
+    node_descriptor(
+        identity,
+        Role::Mailbox,
         packet_addr,
-        http_addr: Some(http_addr),
-        link_key: LinkSecretKey::derive(&identity.to_bytes()).public().clone(),
-        sphinx_keys: keys.public_keys(now_secs),
-        published_at: now_secs,
-    };
-    let signed = SignedDescriptor::sign(&descriptor, identity)
-        .map_err(|e| ("could not sign the descriptor", e))?;
-    // Never publish what an authority would refuse.
-    signed
-        .verify()
-        .map_err(|e| ("the descriptor does not verify", e))?;
-    Ok(signed)
+        Some(http_addr),
+        keys,
+        now_secs,
+    )
+    .map_err(|source| Error::Node {
+        what: "could not make the descriptor",
+        source: Box::new(source),
+    })
 }
 
 /// Starts a provider: opens (or creates) the database and the Sphinx keys
@@ -485,8 +468,14 @@ async fn start_inner(
         spawn_registration(
             client,
             move |now| {
-                sign_descriptor(&identity, public_addr, public_http_addr, &keys, now)
-                    .map_err(|(what, source)| murmur_mixnode::Error::Wire { what, source })
+                node_descriptor(
+                    &identity,
+                    Role::Mailbox,
+                    public_addr,
+                    Some(public_http_addr),
+                    &keys,
+                    now,
+                )
             },
             config.network.epoch_secs,
             clock.clone(),
@@ -651,76 +640,44 @@ fn private_dir(dir: &Path) -> Result<()> {
 }
 
 /// Writes `DIR/mailbox.toml` (the commented example configuration with
-/// `options`) and a new identity key `DIR/identity.key` (0600). Refuses to
-/// overwrite either. Returns the configuration's path and the identity
-/// (public) key, which directory operators admit and whose node id names
-/// the provider.
-pub fn init_dir(dir: &Path, options: &ExampleOptions) -> Result<(PathBuf, IdentityKey)> {
+/// `options`) and the identity key `DIR/identity.key` (0600). An existing
+/// configuration is an error unless `force`, which rewrites it. An existing
+/// identity key is kept, unless `new_identity`, which replaces it (the
+/// result names the key it replaced); a missing one is made. Returns the
+/// configuration's path and what happened to the key, whose public half
+/// directory operators admit and whose node id names the provider.
+pub fn init_dir(
+    dir: &Path,
+    options: &ExampleOptions,
+    force: bool,
+    new_identity: bool,
+) -> Result<(PathBuf, InitIdentity)> {
     let config_path = dir.join("mailbox.toml");
     let text = example_config(options);
     // Never write what `run` would refuse.
     Config::parse(&text, &config_path)?;
     private_dir(dir)?;
-    let key_path = dir.join("identity.key");
-    for path in [&config_path, &key_path] {
-        if path.exists() {
-            return Err(Error::File {
-                action: "write",
-                path: path.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "the file exists; init does not overwrite it",
-                ),
-            });
-        }
+    if !force && config_path.exists() {
+        return Err(Error::File {
+            action: "write",
+            path: config_path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the file exists; pass --force to rewrite it (the identity key is kept)",
+            ),
+        });
     }
-    let key = SigningKey::generate(&mut rand::rng());
-    let encoded = Zeroizing::new(bs58::encode(key.to_bytes()).into_string());
-    write_new(
-        &key_path,
-        format!("{}\n", encoded.as_str()).as_bytes(),
-        true,
-    )?;
-    write_new(&config_path, text.as_bytes(), false)?;
-    Ok((config_path, IdentityKey::from(&key.verifying_key())))
-}
-
-fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<()> {
-    use std::io::Write;
-    let err = |source| Error::File {
+    let identity =
+        keyfile::init_identity(&dir.join("identity.key"), new_identity).map_err(Error::KeyFile)?;
+    std::fs::write(&config_path, text.as_bytes()).map_err(|source| Error::File {
         action: "write",
-        path: path.to_path_buf(),
+        path: config_path.clone(),
         source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut file = options.open(path).map_err(err)?;
-    file.write_all(contents).map_err(err)?;
-    file.sync_all().map_err(err)
+    })?;
+    Ok((config_path, identity))
 }
 
-/// Reads an identity key file written by [`init_dir`] (base58 of the
-/// 32-byte Ed25519 secret key).
+/// Reads an identity key file (`murmur_net::keyfile`).
 pub fn load_identity(path: &Path) -> Result<SigningKey> {
-    murmur_directory::keyfile::read_signing_key(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::InvalidData {
-            Error::KeyFile {
-                path: path.to_path_buf(),
-                reason: "not base58 of 32 bytes",
-            }
-        } else {
-            Error::File {
-                action: "read",
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })
+    keyfile::read_signing_key(path).map_err(Error::KeyFile)
 }

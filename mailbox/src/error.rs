@@ -76,14 +76,10 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     ConfigValue(String),
 
-    /// The identity key file does not hold a key.
-    #[error("invalid identity key file {path}: {reason}")]
-    KeyFile {
-        /// The key file.
-        path: PathBuf,
-        /// What was wrong.
-        reason: &'static str,
-    },
+    /// The identity key file could not be read or written, does not hold
+    /// a key, or others may read it (the cause says which, and names it).
+    #[error("identity key file")]
+    KeyFile(#[source] murmur_net::keyfile::KeyFileError),
 
     /// A listening socket could not be bound.
     #[error("could not listen on {addr}")]
@@ -121,7 +117,7 @@ pub enum Error {
         what: &'static str,
         /// murmur-mixnode's error (boxed: it is large).
         #[source]
-        source: Box<murmur_mixnode::Error>,
+        source: Box<murmur_node::Error>,
     },
 
     /// The directory client could not be set up (e.g. an invalid authority

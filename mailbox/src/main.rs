@@ -3,7 +3,9 @@
 //! * `murmur-mailbox init --dir DIR [--authority ADDR=KEY]...` writes
 //!   `DIR/mailbox.toml` (every key commented, with its default) and a new
 //!   Ed25519 identity key `DIR/identity.key` (mode 0600), and prints the
-//!   node id.
+//!   node id. `--force` rewrites an existing configuration and keeps the
+//!   identity key; `--new-identity` replaces the key and says which one it
+//!   replaced.
 //! * `murmur-mailbox run --config FILE` runs the provider until SIGINT or
 //!   SIGTERM, then shuts down gracefully (last batch committed, replay cache
 //!   persisted, database closed).
@@ -17,11 +19,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use murmur_directory::clock::SystemClock;
 use murmur_mailbox::{
     Backend, Config, ExampleOptions, PostgresStore, init_dir, load_identity, start_mailbox,
 };
-use murmur_mixnode::config::AuthorityPin;
+use murmur_net::clock::SystemClock;
+use murmur_node::cli::NodeInitArgs;
 use murmur_wire::IdentityKey;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -38,7 +40,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Writes DIR/mailbox.toml (every option, commented) and a new identity
-    /// key DIR/identity.key. Refuses to overwrite existing files.
+    /// key DIR/identity.key. An existing configuration is rewritten only
+    /// with --force; an existing identity key is kept (see --new-identity).
     Init {
         /// Directory to create the files in (the data directory too).
         #[arg(long)]
@@ -60,13 +63,8 @@ enum Command {
         /// HTTP server listens on a wildcard address).
         #[arg(long)]
         http_public_addr: Option<SocketAddr>,
-        /// A directory authority, as ADDR=BASE58KEY (repeat for each).
-        #[arg(long = "authority", value_name = "ADDR=KEY")]
-        authorities: Vec<String>,
-        /// How many authorities must sign a consensus (0: a majority of
-        /// those given).
-        #[arg(long, default_value_t = 0)]
-        threshold: usize,
+        #[command(flatten)]
+        node: NodeInitArgs,
     },
     /// Runs the provider until SIGINT or SIGTERM.
     Run {
@@ -101,26 +99,23 @@ fn main() -> anyhow::Result<()> {
             http,
             operator,
             http_public_addr,
-            authorities,
-            threshold,
+            node,
         } => {
-            let authorities = authorities
-                .iter()
-                .map(|a| parse_authority(a))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let no_authorities = authorities.is_empty();
+            let no_authorities = node.authorities.is_empty();
             let options = ExampleOptions {
                 listen_addr: listen,
                 public_addr,
                 http_listen: http,
                 http_public_addr,
                 operator_addr: operator,
-                authorities,
-                threshold,
+                authorities: node.authorities,
+                threshold: node.threshold,
             };
-            let (config, identity) = init_dir(&dir, &options)
+            let (config, identity) = init_dir(&dir, &options, node.force, node.new_identity)
                 .with_context(|| format!("initialising {}", dir.display()))?;
-            println!("wrote {} and a new identity key", config.display());
+            println!("{}", identity.describe(&dir.join("identity.key")));
+            let identity = IdentityKey::from(&identity.key().verifying_key());
+            println!("wrote {}", config.display());
             println!("identity key: {identity}");
             println!("node id: {}", identity.node_id());
             println!(
@@ -148,20 +143,6 @@ fn migrate(path: PathBuf) -> anyhow::Result<()> {
     let store = PostgresStore::open(&settings, config.storage.quota())?;
     println!("schema version {}", store.schema_version());
     Ok(())
-}
-
-fn parse_authority(s: &str) -> anyhow::Result<AuthorityPin> {
-    let (addr, key) = s
-        .split_once('=')
-        .with_context(|| format!("--authority {s}: expected ADDR=KEY"))?;
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("--authority {s}: bad address"))?;
-    IdentityKey::from_base58(key).with_context(|| format!("--authority {s}: bad key"))?;
-    Ok(AuthorityPin {
-        addr,
-        key: key.to_owned(),
-    })
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
-use murmur_directory::http::HttpServerMetrics;
+use murmur_net::http::HttpServerMetrics;
 use murmur_wire::mailbox::QueueItem;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -17,8 +17,8 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use murmur_directory::clock::Clock;
-use murmur_mixnode::engine::{FinalHop, Outbound};
+use murmur_net::clock::Clock;
+use murmur_node::engine::{FinalHop, Outbound};
 use murmur_wire::mailbox::QueueItem;
 use murmur_wire::{Ack, Delivery, Destination, FinalPayload, MessageId, NodeId, Packet, QueueId};
 use murmur_wire::{Deposit, Surb};

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_directory::clock::Clock;
+use murmur_net::clock::Clock;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use murmur_directory::clock::Clock;
+use murmur_net::clock::Clock;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};

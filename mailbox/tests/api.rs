@@ -11,9 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{CaptureSink, Harness, create_body, owner_body, owner_key};
 use http::StatusCode;
-use murmur_directory::clock::{Clock, OffsetClock};
-use murmur_directory::http::{HttpClient, POSTCARD, ServerLimits, spawn_server};
 use murmur_mailbox::{Api, ApiConfig, Mailbox, Metrics, Quota, RedbStore, WriterConfig};
+use murmur_net::clock::{Clock, OffsetClock};
+use murmur_net::http::{HttpClient, POSTCARD, ServerLimits, spawn_server};
 use murmur_wire::mailbox::{
     CreateQueueResponse, FRESHNESS_WINDOW_SECS, MAX_FETCH_LIMIT, OwnerOp, OwnerResponse, QueueItem,
     RequestDigest,

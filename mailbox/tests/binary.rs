@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
+#[path = "../../net/tests/support/init_identity.rs"]
+mod init_identity;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -20,12 +22,22 @@ use common::net::{Owner, Sender, authority, frame, listed, send_packets, wait_he
 use common::owner_key;
 use common::postgres::TestDb;
 use murmur_directory::AuthorityHandle;
-use murmur_directory::clock::{Clock, SystemClock};
 use murmur_mailbox::Config;
+use murmur_net::clock::{Clock, SystemClock};
 use murmur_wire::mailbox::QueueEntry;
 use murmur_wire::mailbox::QueueItem;
 use murmur_wire::{Ack, MessageId, SurbId, SurbRecovery};
 use tokio_util::sync::CancellationToken;
+
+/// `init --force` keeps the identity key; `--new-identity` replaces it.
+#[test]
+fn init_force_keeps_the_key_and_new_identity_replaces_it() {
+    init_identity::init_force_keeps_the_key_and_new_identity_replaces_it(
+        BIN,
+        "identity.key",
+        "mailbox.toml",
+    );
+}
 
 const BIN: &str = env!("CARGO_BIN_EXE_murmur-mailbox");
 const L: u64 = 3600;
@@ -260,11 +272,11 @@ fn bad_configurations_are_refused_by_name() {
         ("", "no directory authorities"),
     ] {
         std::fs::write(&config, text).unwrap();
-        std::fs::write(
-            dir.path().join("identity.key"),
-            bs58::encode([5u8; 32]).into_string(),
-        )
-        .unwrap();
+        let key = dir.path().join("identity.key");
+        std::fs::write(&key, bs58::encode([5u8; 32]).into_string()).unwrap();
+        // Key files must be the owner's alone (murmur_net::keyfile).
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let out = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&config)

@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use common::net::{Owner, Sender, WAIT, authority, listed, send_packets, wait_healthy};
 use common::owner_key;
-use murmur_directory::clock::{Clock, OffsetClock};
-use murmur_directory::http::HttpClient;
+use murmur_directory::AuthorityPin;
 use murmur_mailbox::{
     Config, MailboxHandle, Quota, RedbStore, start_mailbox, start_mailbox_with_topology,
 };
-use murmur_mixnode::config::AuthorityPin;
-use murmur_mixnode::engine::{CloseReason, DropReason, StaticTopology};
+use murmur_net::clock::{Clock, OffsetClock};
+use murmur_net::http::HttpClient;
+use murmur_node::engine::{CloseReason, DropReason, StaticTopology};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::mailbox::QueueItem;
 use murmur_wire::{Ack, MessageId};
@@ -49,7 +49,7 @@ fn config(dir: &std::path::Path, auth: &murmur_directory::AuthorityHandle) -> Co
     c.replay.fsync_interval_ms = 50;
     c.directory.authorities = vec![AuthorityPin {
         addr: auth.addr,
-        key: auth.key.to_base58(),
+        key: auth.key,
     }];
     c.directory.request_timeout_ms = 2000;
     c

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use common::Harness;
 use common::postgres::TestDb;
-use murmur_directory::clock::SystemClock;
 use murmur_mailbox::{
     CreateOutcome, Mailbox, Metrics, PacketSink, PostgresSettings, PostgresStore, Quota, RedbStore,
     Store, WriterConfig,
 };
+use murmur_net::clock::SystemClock;
 use murmur_wire::mailbox::QueueItem;
 use murmur_wire::{Ack, IdentityKey, MessageId, NodeId, Packet, QueueId};
 

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{CaptureSink, Harness};
-use murmur_directory::clock::{Clock, SystemClock};
 use murmur_mailbox::store::ReapOutcome;
 use murmur_mailbox::{
     CreateOutcome, InsertOutcome, Mailbox, Metrics, NewItem, QueueInfo, Quota, RedbStore, Store,
     WriterConfig,
 };
+use murmur_net::clock::{Clock, SystemClock};
 use murmur_wire::mailbox::{FetchResponse, QueueItem};
 use murmur_wire::{Delivery, FinalPayload, IdentityKey, MessageId, QueueId, SurbId};
 use tempfile::TempDir;

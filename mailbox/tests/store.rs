@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::postgres::TestDb;
-use murmur_directory::clock::{Clock, OffsetClock};
 use murmur_mailbox::limits::QueueUsage;
 use murmur_mailbox::reaper::{ReaperConfig, run_reaper};
 use murmur_mailbox::{
     CreateOutcome, InsertOutcome, Metrics, NewItem, PostgresStore, Quota, RedbStore, Store,
 };
+use murmur_net::clock::{Clock, OffsetClock};
 use murmur_wire::mailbox::{MAX_FETCH_LIMIT, QueueItem};
 use murmur_wire::{IdentityKey, MessageId, QueueId, SurbId};
 use tokio_util::sync::CancellationToken;

@@ -31,8 +31,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{FinalHop, MAX_DELAY_CAP, Outbound, Topology};
-use crate::error::{Error, Result};
+use murmur_node::engine::{FinalHop, MAX_DELAY_CAP, Outbound, Topology};
+use murmur_node::{Error, Result};
 
 /// Loop cover settings (the `[loops]` table of the configuration). The rate
 /// itself is the consensus `mix_loop_rate`.

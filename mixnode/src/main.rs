@@ -2,7 +2,9 @@
 //!
 //! * `murmur-mixnode init --dir DIR` writes `DIR/mixnode.toml` (every key
 //!   commented, with its default) and a new Ed25519 identity key
-//!   `DIR/identity.key` (mode 0600), and prints the node id.
+//!   `DIR/identity.key` (mode 0600), and prints the node id. `--force`
+//!   rewrites an existing configuration and keeps the identity key;
+//!   `--new-identity` replaces the key and says which one it replaced.
 //! * `murmur-mixnode run --config FILE` runs the node until SIGINT or
 //!   SIGTERM, then shuts down gracefully (replay cache persisted, links
 //!   closed).
@@ -13,14 +15,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
-use murmur_directory::clock::SystemClock;
-use murmur_mixnode::config::{AuthorityPin, example_config};
+use clap::{Args, Parser, Subcommand};
+use murmur_mixnode::config::example_config;
 use murmur_mixnode::{MixNodeConfig, start_mixnode};
+use murmur_net::clock::SystemClock;
+use murmur_net::keyfile;
+use murmur_node::cli::NodeInitArgs;
 use murmur_wire::IdentityKey;
 use murmur_wire::ed25519_dalek::SigningKey;
 use tokio_util::sync::CancellationToken;
-use zeroize::Zeroizing;
 
 #[derive(Parser)]
 #[command(name = "murmur-mixnode", version, about = "Murmur mix node")]
@@ -32,32 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Write a commented configuration and a new identity key into DIR.
-    Init {
-        /// Directory for the configuration, the identity key and the data.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Packet listen address.
-        #[arg(long, default_value = "0.0.0.0:7300")]
-        listen: SocketAddr,
-        /// Packet address published to the directory (needed when
-        /// listening on a wildcard address).
-        #[arg(long)]
-        public_addr: Option<SocketAddr>,
-        /// Address of /metrics and /healthz.
-        #[arg(long, default_value = "127.0.0.1:7301")]
-        http: SocketAddr,
-        /// A directory authority, as ADDR=BASE58KEY (repeat for each).
-        #[arg(long = "authority", value_name = "ADDR=KEY")]
-        authorities: Vec<String>,
-        /// How many authorities must sign a consensus (0: a majority of
-        /// those given).
-        #[arg(long, default_value_t = 0)]
-        threshold: usize,
-        /// Overwrite an existing configuration (an existing identity key is
-        /// always kept).
-        #[arg(long)]
-        force: bool,
-    },
+    Init(InitArgs),
     /// Run the node.
     Run {
         /// The configuration file.
@@ -66,26 +44,30 @@ enum Command {
     },
 }
 
+/// The options of `init`.
+#[derive(Args)]
+struct InitArgs {
+    /// Directory for the configuration, the identity key and the data.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Packet listen address.
+    #[arg(long, default_value = "0.0.0.0:7300")]
+    listen: SocketAddr,
+    /// Packet address published to the directory (needed when
+    /// listening on a wildcard address).
+    #[arg(long)]
+    public_addr: Option<SocketAddr>,
+    /// Address of /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:7301")]
+    http: SocketAddr,
+    #[command(flatten)]
+    node: NodeInitArgs,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Init {
-            dir,
-            listen,
-            public_addr,
-            http,
-            authorities,
-            threshold,
-            force,
-        } => init(
-            &dir,
-            listen,
-            public_addr,
-            http,
-            &authorities,
-            threshold,
-            force,
-        ),
+        Command::Init(args) => init(&args),
         Command::Run { config } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -108,87 +90,47 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn parse_authority(s: &str) -> anyhow::Result<AuthorityPin> {
-    let (addr, key) = s
-        .split_once('=')
-        .with_context(|| format!("--authority {s}: expected ADDR=KEY"))?;
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("--authority {s}: bad address"))?;
-    IdentityKey::from_base58(key).with_context(|| format!("--authority {s}: bad key"))?;
-    Ok(AuthorityPin {
-        addr,
-        key: key.to_owned(),
-    })
-}
-
-fn init(
-    dir: &Path,
-    listen: SocketAddr,
-    public_addr: Option<SocketAddr>,
-    http: SocketAddr,
-    authorities: &[String],
-    threshold: usize,
-    force: bool,
-) -> anyhow::Result<()> {
-    let pins = authorities
-        .iter()
-        .map(|a| parse_authority(a))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+fn init(args: &InitArgs) -> anyhow::Result<()> {
+    let dir = &args.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("could not set permissions on {}", dir.display()))?;
     let config_path = dir.join("mixnode.toml");
-    if config_path.exists() && !force {
+    if config_path.exists() && !args.node.force {
         bail!(
-            "{} exists; pass --force to overwrite it",
+            "{} exists; pass --force to overwrite it (the identity key is kept)",
             config_path.display()
         );
     }
     let key_path = dir.join("identity.key");
-    let key = if key_path.exists() {
-        println!("keeping the existing identity key {}", key_path.display());
-        load_identity(&key_path)?
-    } else {
-        let key = SigningKey::generate(&mut rand::rng());
-        write_identity(&key_path, &key)?;
-        key
-    };
-    let text = example_config(".", listen, public_addr, http, &pins, threshold);
+    let identity = keyfile::init_identity(&key_path, args.node.new_identity)?;
+    println!("{}", identity.describe(&key_path));
+    let text = example_config(
+        ".",
+        args.listen,
+        args.public_addr,
+        args.http,
+        &args.node.authorities,
+        args.node.threshold,
+    );
     std::fs::write(&config_path, &text)
         .with_context(|| format!("could not write {}", config_path.display()))?;
     MixNodeConfig::load(&config_path).context("the written configuration does not load")?;
-    let identity = IdentityKey::from(&key.verifying_key());
+    let identity = IdentityKey::from(&identity.key().verifying_key());
     println!("wrote {}", config_path.display());
     println!("identity key {identity}");
     println!("node id      {}", identity.node_id());
     println!(
         "directory operators list the node once admitted: murmur-directory admit --config FILE {identity}"
     );
-    if pins.is_empty() {
+    if args.node.authorities.is_empty() {
         println!("add the directory authorities to [directory] before `run`");
     }
     Ok(())
 }
 
-fn write_identity(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let text = Zeroizing::new(format!("{}\n", bs58::encode(key.to_bytes()).into_string()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("could not create {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
-}
-
 fn load_identity(path: &Path) -> anyhow::Result<SigningKey> {
-    murmur_directory::keyfile::read_signing_key(path)
-        .with_context(|| format!("could not read the identity key {}", path.display()))
+    Ok(keyfile::read_signing_key(path)?)
 }
 
 async fn run(config_path: &Path) -> anyhow::Result<()> {

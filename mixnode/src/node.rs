@@ -7,27 +7,27 @@ use std::time::Duration;
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
-use murmur_directory::clock::Clock;
-use murmur_directory::http::{
-    HttpServerMetrics, ServerLimits, metrics, spawn_server_with_metrics, text,
-};
 use murmur_directory::spawn_follower;
+use murmur_net::clock::Clock;
+use murmur_net::http::{HttpServerMetrics, ServerLimits, metrics, spawn_server_with_metrics, text};
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::policy::epoch_at;
-use murmur_wire::{IdentityKey, NodeId, SignedDescriptor};
+use murmur_wire::{IdentityKey, NodeId, Role, SignedDescriptor};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::MixNodeConfig;
-use crate::engine::{
+use crate::loops::{LoopMetrics, LoopTracker, MixFinalHop, spawn_loop_cover};
+use murmur_node::engine::{
     ClientPolicy, Engine, EngineConfig, EngineHandle, EngineStats, LinkConfig, Topology,
 };
-use crate::error::{Error, Result};
-use crate::fsutil;
-use crate::keys::{KeyManager, spawn_rotation};
-use crate::loops::{LoopMetrics, LoopTracker, MixFinalHop, spawn_loop_cover};
-use crate::registration::{RegistrationMetrics, WatchTopology, mix_descriptor, spawn_registration};
+use murmur_node::fsutil;
+use murmur_node::keys::{KeyManager, spawn_rotation};
+use murmur_node::registration::{
+    RegistrationMetrics, WatchTopology, node_descriptor, spawn_registration,
+};
+use murmur_node::{Error, Result};
 
 /// How often the key rotation task reads the clock.
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
@@ -64,9 +64,11 @@ impl std::fmt::Debug for MixNodeHandle {
 impl MixNodeHandle {
     /// The descriptor the node publishes now (signed, verified).
     pub fn descriptor(&self) -> Result<SignedDescriptor> {
-        mix_descriptor(
+        node_descriptor(
             &self.identity,
+            Role::Mix,
             self.public_addr,
+            None,
             &self.keys,
             self.clock.now_secs(),
         )
@@ -138,7 +140,7 @@ pub async fn start_mixnode(
         (node.identity.clone(), node.public_addr, node.keys.clone());
     spawn_registration(
         client,
-        move |now| mix_descriptor(&identity, public_addr, &keys, now),
+        move |now| node_descriptor(&identity, Role::Mix, public_addr, None, &keys, now),
         epoch_secs,
         clock,
         node.registration.clone(),

@@ -3,18 +3,22 @@
 //! the binary's `init` and `run` with a graceful SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+// The engine test helpers live with the engine, in murmur-node.
+#[path = "../../node/tests/common/mod.rs"]
 mod common;
+#[path = "../../net/tests/support/init_identity.rs"]
+mod init_identity;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{identity, wait_until};
-use murmur_directory::clock::{Clock, OffsetClock};
-use murmur_directory::http::HttpClient;
+use murmur_directory::AuthorityPin;
 use murmur_directory::{AuthorityConfig, AuthorityHandle, start_authority};
-use murmur_mixnode::config::AuthorityPin;
-use murmur_mixnode::engine::EngineLimits;
 use murmur_mixnode::{MixNodeConfig, start_mixnode};
+use murmur_net::clock::{Clock, OffsetClock};
+use murmur_net::http::HttpClient;
+use murmur_node::engine::EngineLimits;
 use tokio_util::sync::CancellationToken;
 
 const L: u64 = 3600;
@@ -63,7 +67,7 @@ fn node_config(dir: &std::path::Path, auth: &AuthorityHandle) -> MixNodeConfig {
     c.replay = common::replay_settings();
     c.directory.authorities = vec![AuthorityPin {
         addr: auth.addr,
-        key: auth.key.to_base58(),
+        key: auth.key,
     }];
     c.directory.request_timeout_ms = 2000;
     c
@@ -210,4 +214,14 @@ async fn the_binary_initialises_runs_and_stops_on_sigterm() {
         assert_eq!(mode & 0o777, 0o600);
     }
     stop.cancel();
+}
+
+/// `init --force` keeps the identity key; `--new-identity` replaces it.
+#[test]
+fn init_force_keeps_the_key_and_new_identity_replaces_it() {
+    init_identity::init_force_keeps_the_key_and_new_identity_replaces_it(
+        env!("CARGO_BIN_EXE_murmur-mixnode"),
+        "identity.key",
+        "mixnode.toml",
+    );
 }

@@ -2,17 +2,19 @@
 //! a consensus signed by a test authority.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+// The engine test helpers live with the engine, in murmur-node.
+#[path = "../../node/tests/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use murmur_directory::clock::{Clock, OffsetClock};
-use murmur_directory::http::HttpClient;
-use murmur_mixnode::engine::{EngineLimits, StaticTopology};
 use murmur_mixnode::loops::LoopSettings;
 use murmur_mixnode::{MixNodeConfig, MixNodeHandle, start_mixnode_with_topology};
+use murmur_net::clock::{Clock, OffsetClock};
+use murmur_net::http::HttpClient;
+use murmur_node::engine::{EngineLimits, StaticTopology};
 use murmur_wire::policy::epoch_at;
 use murmur_wire::{NetworkParams, SignedDescriptor};
 use tokio_util::sync::CancellationToken;

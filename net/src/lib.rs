@@ -1,9 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+pub mod clock;
 mod error;
+pub mod fsutil;
 mod handshake;
 pub mod http;
+pub mod keyfile;
 mod stream;
 
 pub use error::{Error, Stage};

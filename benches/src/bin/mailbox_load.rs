@@ -46,12 +46,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use murmur_benches::{Machine, Spread};
-use murmur_directory::clock::SystemClock;
 use murmur_mailbox::postgres::TempCluster;
 use murmur_mailbox::{
     CreateOutcome, Mailbox, Metrics, PacketSink, PostgresSettings, PostgresStore, Quota, RedbStore,
     Store, WriterConfig,
 };
+use murmur_net::clock::SystemClock;
 use murmur_wire::{
     DEPOSIT_BODY_SIZE, Delivery, Deposit, Destination, FinalPayload, Hop, IdentityKey, MessageId,
     NodeId, Packet, QueueId, Route, SphinxSecretKey, Surb, SurbId, build_surb,

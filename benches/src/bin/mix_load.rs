@@ -50,12 +50,12 @@ use murmur_benches::{
     BenchNode, Machine, bench_consensus, bench_link_key, bench_params, cores, cpu_between,
     quantile, sorted, thread_cpu,
 };
-use murmur_mixnode::engine::{
+use murmur_net::{LinkSettings, LinkStream};
+use murmur_node::engine::{
     ClientPolicy, Engine, EngineConfig, EngineHandle, EngineLimits, FinalHop, LinkConfig,
     ReplaySettings, StaticTopology,
 };
-use murmur_mixnode::keys::KeyRingHandle;
-use murmur_net::{LinkSettings, LinkStream};
+use murmur_node::keys::KeyRingHandle;
 use murmur_wire::link::Purpose;
 use murmur_wire::policy::sample_delay;
 use murmur_wire::{

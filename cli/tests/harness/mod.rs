@@ -30,8 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use murmur_client::network::{AuthorityEntry, NetworkConfig, follow};
 use murmur_client::{Body, Client, ClientOptions, ConsensusSource, Passphrase};
-use murmur_directory::http::HttpClient;
-use murmur_directory::{AuthorityEndpoint, DirectoryClient};
+use murmur_directory::{AuthorityPin, DirectoryClient};
+use murmur_net::http::HttpClient;
 use murmur_wire::{IdentityKey, MessageId, NodeId, VerifiedConsensus};
 use tokio_util::sync::CancellationToken;
 
@@ -622,10 +622,10 @@ impl Net {
 
     /// A directory client pinning this network's authorities.
     pub fn directory(&self) -> DirectoryClient {
-        let endpoints: Vec<AuthorityEndpoint> = self
+        let endpoints: Vec<AuthorityPin> = self
             .authorities
             .iter()
-            .map(|a| AuthorityEndpoint {
+            .map(|a| AuthorityPin {
                 addr: a.addr,
                 key: a.key,
             })
@@ -1181,7 +1181,7 @@ pub fn drop_cover_frames(
 /// its directory): what a test uses to speak as that node.
 pub fn link_key_of(node: &Node) -> murmur_wire::LinkSecretKey {
     let dir = node.daemon.config.parent().unwrap();
-    let identity = murmur_directory::keyfile::read_signing_key(&dir.join("identity.key")).unwrap();
+    let identity = murmur_net::keyfile::read_signing_key(&dir.join("identity.key")).unwrap();
     murmur_wire::LinkSecretKey::derive(&identity.to_bytes())
 }
 

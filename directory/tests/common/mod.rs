@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_directory::clock::{Clock, OffsetClock};
-use murmur_directory::config::PeerConfig;
-use murmur_directory::http::HttpClient;
 use murmur_directory::{
-    AuthorityConfig, AuthorityEndpoint, AuthorityHandle, DirectoryClient, start_authority_on,
+    AuthorityConfig, AuthorityHandle, AuthorityPin, DirectoryClient, start_authority_on,
 };
+use murmur_net::clock::{Clock, OffsetClock};
+use murmur_net::http::HttpClient;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::{
     Descriptor, EpochKey, IdentityKey, Role, SignedConsensus, SignedDescriptor, SphinxPublicKey,
@@ -98,7 +97,7 @@ pub fn clock_at(into_ms: u64) -> (OffsetClock, u64) {
 
 /// Moves `clock` to `ms` milliseconds (unix) exactly.
 pub fn set_time_ms(clock: &OffsetClock, ms: u64) {
-    let base = murmur_directory::clock::SystemClock.now().as_millis() as i64;
+    let base = murmur_net::clock::SystemClock.now().as_millis() as i64;
     clock.set_offset_ms(ms as i64 - base);
 }
 
@@ -162,9 +161,9 @@ impl Net {
             cfg.threshold = k;
             cfg.peers = (0..n)
                 .filter(|j| *j != i)
-                .map(|j| PeerConfig {
+                .map(|j| AuthorityPin {
                     addr: addrs[j],
-                    key: ident(&keys[j]).to_base58(),
+                    key: ident(&keys[j]),
                 })
                 .collect();
             tweak(i, &mut cfg);
@@ -192,11 +191,11 @@ impl Net {
         }
     }
 
-    pub fn endpoints(&self) -> Vec<AuthorityEndpoint> {
+    pub fn endpoints(&self) -> Vec<AuthorityPin> {
         self.keys
             .iter()
             .zip(&self.addrs)
-            .map(|(k, a)| AuthorityEndpoint {
+            .map(|(k, a)| AuthorityPin {
                 addr: *a,
                 key: ident(k),
             })

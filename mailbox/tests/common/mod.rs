@@ -255,11 +255,11 @@ pub mod net {
     use bytes::{Bytes, BytesMut};
     use ed25519_dalek::SigningKey;
     use http::StatusCode;
-    use murmur_directory::clock::Clock;
-    use murmur_directory::http::{HttpClient, POSTCARD};
     use murmur_directory::{AuthorityConfig, AuthorityHandle, DirectoryClient, start_authority};
     use murmur_net::LinkSettings;
+    use murmur_net::clock::Clock;
     use murmur_net::http::LinkHttpClient;
+    use murmur_net::http::{HttpClient, POSTCARD};
     use murmur_wire::link::Purpose;
     use murmur_wire::mailbox::{
         CreateQueueResponse, FetchResponse, OwnerOp, OwnerResponse, QueueEntry,

@@ -4,6 +4,7 @@
 //!
 //! The directory authority, the mix node's `/metrics`, the mailbox fetch API
 //! and the client all go through here, so limits and timeouts are set once.
+//! HTTP over links (the mailbox fetch API's client) is [`LinkHttpClient`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,6 +33,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod link;
+
+pub use link::LinkHttpClient;
 
 /// A response with a fully buffered body.
 pub type HttpResponse = Response<Full<Bytes>>;

@@ -1,15 +1,16 @@
-//! Small file helpers: private directories, atomic private writes, erasure.
+//! Small file helpers for node state: private directories, atomic private
+//! writes, erasure of secrets.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
 /// Creates `dir` (and parents) with mode 0700 if missing; tightens an
 /// existing directory to 0700.
-pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+pub fn private_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -20,67 +21,30 @@ pub(crate) fn private_dir(dir: &Path) -> Result<()> {
 }
 
 /// Fsyncs a directory, so that a rename or removal in it is durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("could not sync directory", dir, e))
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    murmur_net::fsutil::sync_dir(dir).map_err(|e| Error::io("could not sync directory", dir, e))
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename,
 /// fsync of the directory), readable by the owner only (0600).
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // An existing temporary file keeps its mode: force 0600.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| Error::io("could not write", path, e))?;
-    sync_dir(dir)
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_private_with(path, |f| f.write_all(bytes))
 }
 
 /// Like [`write_private`], the contents written by `fill` (streamed, for
 /// files too large to build in memory first).
-pub(crate) fn write_private_with(
+pub fn write_private_with(
     path: &Path,
     fill: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // An existing temporary file keeps its mode: force 0600.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        fill(&mut f)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| Error::io("could not write", path, e))?;
-    sync_dir(dir)
+    murmur_net::fsutil::write_private_with(path, fill)
+        .map_err(|e| Error::io("could not write", path, e))
 }
 
 /// Overwrites a file with zeros, syncs it, and removes it. On journaling or
 /// copy-on-write file systems and on SSDs the old blocks may survive the
 /// overwrite; the overwrite is a best effort on top of the removal.
-pub(crate) fn erase(path: &Path) -> Result<()> {
+pub fn erase(path: &Path) -> Result<()> {
     let overwrite = || -> std::io::Result<()> {
         let len = fs::metadata(path)?.len();
         let mut f = OpenOptions::new().write(true).open(path)?;
@@ -110,7 +74,7 @@ pub(crate) fn erase(path: &Path) -> Result<()> {
 }
 
 /// Removes a file; a missing file is fine.
-pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
+pub fn remove_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

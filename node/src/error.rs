@@ -1,10 +1,10 @@
-//! The one error type of murmur-mixnode.
+//! The one error type of murmur-node.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Everything that can stop a mix node (or the node plumbing a mailbox
-/// reuses) from starting or from doing a management task.
+/// Everything that can stop a node daemon's plumbing (a mix node's or a
+/// mailbox provider's) from starting or from doing a management task.
 ///
 /// Per-packet problems are never errors: hostile input is dropped and
 /// counted (see the metrics in `docs/mixnode.md`).
@@ -95,11 +95,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
+    /// An [`Error::Io`].
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             action,
             path: path.into(),
@@ -108,5 +105,5 @@ impl Error {
     }
 }
 
-/// Result alias for murmur-mixnode.
+/// Result alias for murmur-node.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use murmur_mixnode::engine::{DropReason, EngineLimits, ReplaySettings, StaticTopology};
-use murmur_mixnode::keys::KeyRingHandle;
+use murmur_node::engine::{DropReason, EngineLimits, ReplaySettings, StaticTopology};
+use murmur_node::keys::KeyRingHandle;
 use murmur_wire::{
     Destination, FinalPayload, Hop, KeyRing, MessageId, NodeId, Packet, QueueId, Route,
     SphinxSecretKey, build_forward_packet,

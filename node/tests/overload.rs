@@ -4,7 +4,7 @@
 //! once the load stops. Its row of `docs/reliability.md` is printed:
 //!
 //! ```text
-//! cargo test -p murmur-mixnode --test overload -- --nocapture 2>&1 | grep '^| '
+//! cargo test -p murmur-node --test overload -- --nocapture 2>&1 | grep '^| '
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
-use murmur_mixnode::engine::{EngineLimits, StaticTopology};
+use murmur_node::engine::{EngineLimits, StaticTopology};
 use murmur_wire::{
     Destination, FinalPayload, Hop, Packet, PacketCodec, QueueId, Route, SphinxSecretKey,
     build_forward_packet,

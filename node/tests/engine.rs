@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use futures::SinkExt;
-use murmur_mixnode::engine::{ClientPolicy, CloseReason, DropReason, StaticTopology, Topology};
+use murmur_node::engine::{ClientPolicy, CloseReason, DropReason, StaticTopology, Topology};
 use murmur_wire::frame::FRAME_SIZE;
 use murmur_wire::{
     Destination, FinalPayload, Hop, MessageId, NodeId, Packet, PacketCodec, QueueId, Route,
@@ -431,7 +431,7 @@ async fn only_entry_mixes_take_links_from_clients() {
     let mix = start_node_with_policy(
         1,
         key,
-        murmur_mixnode::keys::KeyRingHandle::new(ring),
+        murmur_node::keys::KeyRingHandle::new(ring),
         &dir.path().join("mix"),
         topology.clone(),
         limits(),

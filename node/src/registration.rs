@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use murmur_directory::clock::Clock;
 use murmur_directory::{ConsensusWatch, DirectoryClient};
+use murmur_net::clock::Clock;
 use murmur_wire::directory::DESCRIPTOR_VERSION;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::policy::epoch_at;
@@ -24,20 +24,25 @@ use crate::engine::Topology;
 use crate::error::{Error, Result};
 use crate::keys::KeyManager;
 
-/// Signs the descriptor a mix at `packet_addr` publishes at unix time
-/// `now_secs`.
-pub fn mix_descriptor(
+/// Signs the descriptor of a node with `role` at `packet_addr` (and, for a
+/// mailbox provider, its fetch API at `http_addr`), as published at unix
+/// time `now_secs`: the Sphinx keys `keys` has for the current and upcoming
+/// epochs and the link key derived from `identity`. Checks that it verifies,
+/// so that nothing an authority would refuse is uploaded.
+pub fn node_descriptor(
     identity: &SigningKey,
+    role: Role,
     packet_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     keys: &KeyManager,
     now_secs: u64,
 ) -> Result<SignedDescriptor> {
     let descriptor = Descriptor {
         version: DESCRIPTOR_VERSION,
         identity: IdentityKey::from(&identity.verifying_key()),
-        role: Role::Mix,
+        role,
         packet_addr,
-        http_addr: None,
+        http_addr,
         link_key: LinkSecretKey::derive(&identity.to_bytes()).public().clone(),
         sphinx_keys: keys.public_keys(now_secs),
         published_at: now_secs,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use murmur_mixnode::engine::{DropReason, StaticTopology};
-use murmur_mixnode::keys::{KeyManager, KeySettings};
+use murmur_node::engine::{DropReason, StaticTopology};
+use murmur_node::keys::{KeyManager, KeySettings};
 use murmur_wire::{
     Destination, FinalPayload, Hop, MessageId, QueueId, Route, SphinxSecretKey,
     build_forward_packet,
@@ -139,8 +139,8 @@ async fn previous_keys_work_during_the_grace_period_only_and_are_erased() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rotation_task_follows_the_clock() {
-    use murmur_directory::clock::{Clock, OffsetClock};
-    use murmur_mixnode::keys::spawn_rotation;
+    use murmur_net::clock::{Clock, OffsetClock};
+    use murmur_node::keys::spawn_rotation;
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
 

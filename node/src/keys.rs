@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use murmur_directory::clock::Clock;
+use murmur_net::clock::Clock;
 use murmur_wire::directory::MAX_DESCRIPTOR_KEYS;
 use murmur_wire::policy::{epoch_at, epoch_start};
 use murmur_wire::{EpochKey, KeyRing, SphinxPublicKey, SphinxSecretKey};

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::SinkExt;
-use murmur_mixnode::engine::{
+use murmur_net::{LinkSettings, LinkStream};
+use murmur_node::engine::{
     ClientPolicy, Engine, EngineConfig, EngineHandle, EngineLimits, FinalHop, LinkConfig,
     ReplaySettings, Topology,
 };
-use murmur_mixnode::keys::KeyRingHandle;
-use murmur_net::{LinkSettings, LinkStream};
+use murmur_node::keys::KeyRingHandle;
 use murmur_wire::ed25519_dalek::SigningKey;
 use murmur_wire::link::Purpose;
 use murmur_wire::{
