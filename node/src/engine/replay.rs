@@ -1072,20 +1072,24 @@ mod tests {
     #[test]
     fn a_chain_survives_a_restart_and_a_format_1_snapshot_is_read() {
         let dir = tempfile::tempdir().unwrap();
+        // A fresh tag may be a false positive in these small filters (see
+        // `sized`): it is not stored as a tag, so count what was.
+        let mut stored = 0;
         {
             let c = ReplayCache::open(dir.path(), sized(1000, 8), &[3]).unwrap();
             for i in 0..2500 {
-                insert(&c, 3, i);
+                stored += u64::from(insert(&c, 3, i) == Seen::New);
             }
             c.snapshot_all().unwrap();
             for i in 2500..3200 {
-                insert(&c, 3, i);
+                stored += u64::from(insert(&c, 3, i) == Seen::New);
             }
             c.close().unwrap();
         }
+        assert!(stored >= 3195, "{stored} of 3200 fresh tags stored");
         let c = ReplayCache::open(dir.path(), sized(1000, 8), &[3]).unwrap();
         assert_eq!(c.stats().segments, 4);
-        assert_eq!(c.stats().tags, 3200);
+        assert_eq!(c.stats().tags, stored);
         for i in 0..3200 {
             assert_eq!(insert(&c, 3, i), Seen::Replay, "tag {i}");
         }
