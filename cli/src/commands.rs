@@ -18,6 +18,8 @@ use crate::display;
 const NETWORK_FILE: &str = "network.toml";
 /// The environment variable a passphrase may come from.
 const PASSPHRASE_VAR: &str = "MURMUR_PASSPHRASE";
+/// The environment variable a new passphrase may come from (`passphrase`).
+const NEW_PASSPHRASE_VAR: &str = "MURMUR_NEW_PASSPHRASE";
 /// How long a command waits for a first verified consensus.
 const CONSENSUS_WAIT: Duration = Duration::from_secs(15);
 
@@ -43,37 +45,52 @@ fn passphrase(home: &Path, new: bool) -> Result<Passphrase> {
             .into_string()
             .map_err(|_| anyhow!("{PASSPHRASE_VAR} is not valid UTF-8"))?;
         Passphrase::new(value)
-    } else if std::io::stdin().is_terminal() {
-        let prompt = if new {
-            format!(
-                "New passphrase for the client in {} (it encrypts the client's files): ",
-                home.display()
-            )
-        } else {
-            format!("Passphrase for the client in {}: ", home.display())
-        };
-        let first =
-            Passphrase::new(rpassword::prompt_password(prompt).context("reading the passphrase")?);
-        if new {
-            let again = Passphrase::new(
-                rpassword::prompt_password("The same passphrase again: ")
-                    .context("reading the passphrase")?,
-            );
-            if !first.matches(&again) {
-                bail!("the two passphrases differ; nothing was created");
-            }
-        }
-        first
-    } else {
+    } else if !std::io::stdin().is_terminal() {
         bail!(
             "the client's files are encrypted with a passphrase: set {PASSPHRASE_VAR}, \
              or run murmur in a terminal to be asked for it"
         );
+    } else if new {
+        return ask_new_passphrase(home);
+    } else {
+        Passphrase::new(
+            rpassword::prompt_password(format!(
+                "Passphrase for the client in {}: ",
+                home.display()
+            ))
+            .context("reading the passphrase")?,
+        )
     };
     if new && passphrase.is_empty() {
         bail!("the passphrase must not be empty");
     }
     Ok(passphrase)
+}
+
+/// Asks for a new passphrase on the terminal, twice.
+fn ask_new_passphrase(home: &Path) -> Result<Passphrase> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for the new passphrase: set {NEW_PASSPHRASE_VAR}");
+    }
+    let first = Passphrase::new(
+        rpassword::prompt_password(format!(
+            "New passphrase for the client in {} (it encrypts the client's files): ",
+            home.display()
+        ))
+        .context("reading the passphrase")?,
+    );
+    let again = Passphrase::new(
+        rpassword::prompt_password("The same passphrase again: ")
+            .context("reading the passphrase")?,
+    );
+    if !first.matches(&again) {
+        bail!("the two passphrases differ");
+    }
+    if first.is_empty() {
+        bail!("the passphrase must not be empty");
+    }
+    Ok(first)
 }
 
 /// Runs one command: through the daemon when one runs for this client,
@@ -87,6 +104,7 @@ pub(crate) async fn run(home: Option<PathBuf>, command: Command) -> Result<()> {
             provider,
         } => return init(&home, &network, &name, provider.as_deref()).await,
         Command::Daemon => return online(&home, false).await,
+        Command::Passphrase => return change_passphrase(&home).await,
         Command::Stop => {
             return match daemon::connect(&home).await {
                 Some(stream) => daemon::forward(stream, &Request::Stop).await,
@@ -224,6 +242,39 @@ async fn online(home: &Path, watch: bool) -> Result<()> {
     }
     shutdown.cancel();
     result
+}
+
+/// Changes the client's passphrase, offline.
+async fn change_passphrase(home: &Path) -> Result<()> {
+    if daemon::connect(home).await.is_some() {
+        bail!(
+            "a murmur daemon runs for {}: stop it first (murmur --home {} stop)",
+            home.display(),
+            home.display()
+        );
+    }
+    if !Client::exists(home) {
+        bail!("no Murmur client in {}", home.display());
+    }
+    let old = passphrase(home, false)?;
+    let new = match std::env::var_os(NEW_PASSPHRASE_VAR) {
+        Some(value) => {
+            let value = value
+                .into_string()
+                .map_err(|_| anyhow!("{NEW_PASSPHRASE_VAR} is not valid UTF-8"))?;
+            if value.is_empty() {
+                bail!("the passphrase must not be empty");
+            }
+            Passphrase::new(value)
+        }
+        None => ask_new_passphrase(home)?,
+    };
+    Client::change_passphrase(home, &old, &new).await?;
+    println!(
+        "the passphrase of the client in {} is changed",
+        home.display()
+    );
+    Ok(())
 }
 
 /// Runs one client command against an open client, writing to `out`.

@@ -100,6 +100,10 @@ enum Command {
     Status,
     /// Stops the client's daemon.
     Stop,
+    /// Changes the passphrase that encrypts the client's files (asks for
+    /// the current one, then the new one twice; or reads $MURMUR_PASSPHRASE
+    /// and $MURMUR_NEW_PASSPHRASE). Stop the daemon first.
+    Passphrase,
     /// Runs a whole network on this machine, in one process, until Ctrl-C:
     /// directory authorities, three layers of mix nodes, mailbox providers.
     Devnet {

@@ -375,6 +375,7 @@ async fn a_daemon_keeps_the_client_online_and_serves_the_other_commands() {
     let status = murmur_as(&alice, &["status"], None).await;
     assert!(status.ok, "{}", status.stderr);
 
+    fails_with(&murmur(&alice, &["passphrase"]).await, "stop it first");
     let stop = murmur_as(&alice, &["stop"], None).await;
     assert!(stop.ok, "{}", stop.stderr);
     let exit = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
@@ -396,6 +397,31 @@ async fn a_daemon_keeps_the_client_online_and_serves_the_other_commands() {
     fails_with(&murmur_as(&alice, &["contacts"], None).await, "passphrase");
     let contacts = murmur(&alice, &["contacts"]).await;
     assert!(contacts.ok, "{}", contacts.stderr);
+
+    // A new passphrase: the old one is refused from then on.
+    let changed = tokio::process::Command::new(env!("CARGO_BIN_EXE_murmur"))
+        .env("MURMUR_PASSPHRASE", "test passphrase")
+        .env("MURMUR_NEW_PASSPHRASE", "another passphrase")
+        .arg("--home")
+        .arg(&alice)
+        .arg("passphrase")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        changed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
+    fails_with(&murmur(&alice, &["contacts"]).await, "wrong passphrase");
+    let contacts = murmur_as(&alice, &["contacts"], Some("another passphrase")).await;
+    assert!(contacts.ok, "{}", contacts.stderr);
+    assert!(
+        contacts.stdout.contains("bob\testablished"),
+        "{}",
+        contacts.stdout
+    );
 
     devnet.shutdown().await;
 }

@@ -318,6 +318,22 @@ impl std::fmt::Debug for Client {
     }
 }
 
+impl Client {
+    /// Locks the client in `home` with a new passphrase, offline: the
+    /// database's data key is wrapped again (fresh salt); nothing else is
+    /// rewritten. The client must not be open (redb holds a lock).
+    pub async fn change_passphrase(home: &Path, old: &Passphrase, new: &Passphrase) -> Result<()> {
+        let path = db_path(home);
+        let (old, new) = (old.clone(), new.clone());
+        tokio::task::spawn_blocking(move || {
+            let store = Store::open(&path, &old)?;
+            store.change_passphrase(&new)
+        })
+        .await
+        .map_err(|_| Error::Closed)?
+    }
+}
+
 fn db_path(home: &Path) -> PathBuf {
     home.join(DB_FILE)
 }
