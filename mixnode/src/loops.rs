@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use murmur_wire::policy::{next_poisson_interval, sample_delay};
+use murmur_wire::policy::{next_poisson_interval, sample_delay, select_loop_mixes};
 use murmur_wire::{
     Delivery, Destination, FinalPayload, MessageId, NodeId, Route, VerifiedConsensus,
     build_forward_packet,
@@ -25,7 +25,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -416,19 +415,9 @@ fn send_loop(
     settings: &LoopSettings,
 ) -> Option<[NodeId; 2]> {
     let me = consensus.node(&node_id)?;
-    let layer = usize::from(me.layer?);
-    let layers = consensus.layers();
-    let n = layers.len();
     let mut rng = rand::rng();
-    let mut pick = |l: usize| {
-        let nodes = layers.get(l % n)?;
-        if nodes.is_empty() {
-            return None;
-        }
-        nodes.get(rng.random_range(0..nodes.len()))
-    };
-    let a = pick(layer + 1)?;
-    let b = pick(layer + 2)?;
+    // The one path-selection rule (murmur_wire::policy::choose_path).
+    let [a, b] = select_loop_mixes(&mut rng, consensus, &node_id).ok()?;
     let params = consensus.params();
     let mean = Duration::from_micros(params.mean_delay_us);
     let max = Duration::from_micros(params.max_delay_us).min(MAX_DELAY_CAP);
