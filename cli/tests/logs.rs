@@ -253,7 +253,16 @@ async fn no_secret_or_identifier_is_logged_at_info() {
     for path in files_under(&dir.path().join("devnet")) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if name == "identity.key" || (name.starts_with("sphinx-") && name.ends_with(".key")) {
-            let bytes = std::fs::read(&path).unwrap();
+            // Identity keys are base58 text files (murmur_net::keyfile),
+            // Sphinx keys the raw 32 bytes.
+            let bytes = if name == "identity.key" {
+                murmur_net::keyfile::read_signing_key(&path)
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec()
+            } else {
+                std::fs::read(&path).unwrap()
+            };
             assert_eq!(bytes.len(), 32, "{}", path.display());
             secrets.extend(forms(&format!("secret key {}", path.display()), &bytes));
             key_files += 1;
