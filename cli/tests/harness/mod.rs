@@ -17,6 +17,7 @@
     missing_docs
 )]
 
+pub mod hosts;
 pub mod proxy;
 
 use std::collections::HashMap;
@@ -78,7 +79,7 @@ pub fn daemon_bin(name: &str) -> PathBuf {
     const BINS: [&str; 3] = ["murmur-directory", "murmur-mixnode", "murmur-mailbox"];
     BUILT.get_or_init(|| {
         let root = workspace_root();
-        let sources = ["wire", "directory", "mixnode", "mailbox"]
+        let sources = ["wire", "net", "directory", "node", "mixnode", "mailbox"]
             .iter()
             .map(|c| newest_mtime(&root.join(c).join("src")))
             .chain([newest_mtime(&root.join("Cargo.lock"))])
@@ -148,6 +149,8 @@ pub struct Daemon {
     pub config: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
+    /// The network namespace it runs in (a host of [`hosts::Hosts`]).
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -158,7 +161,14 @@ impl Daemon {
             config,
             log,
             child: None,
+            netns: None,
         }
+    }
+
+    /// Runs it in the network namespace `netns`, if any.
+    fn in_netns(mut self, netns: Option<String>) -> Self {
+        self.netns = netns;
+        self
     }
 
     /// Starts the process (again).
@@ -169,7 +179,17 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(&self.bin)
+        let mut command = match &self.netns {
+            // `ip netns exec` enters the namespace and execs the daemon:
+            // the child's pid is the daemon's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")
@@ -301,6 +321,9 @@ pub struct NetOptions {
     pub public_addrs: HashMap<String, SocketAddr>,
     /// Node name → extra config settings.
     pub node_edits: HashMap<String, Vec<(&'static str, toml::Value)>>,
+    /// Run every daemon on a host of its own (a network namespace with its
+    /// own address) instead of on loopback.
+    pub hosts: Option<Arc<hosts::Hosts>>,
 }
 
 impl Default for NetOptions {
@@ -315,6 +338,7 @@ impl Default for NetOptions {
             max_delay_ms: 500,
             public_addrs: HashMap::new(),
             node_edits: HashMap::new(),
+            hosts: None,
         }
     }
 }
@@ -365,6 +389,19 @@ fn node_id_from(stdout: &str) -> NodeId {
         .find_map(|l| l.strip_prefix("node id"))
         .unwrap_or_else(|| panic!("no node id in {stdout:?}"));
     line.trim_start_matches(':').trim().parse().unwrap()
+}
+
+/// Where a daemon runs: on a host of its own (its namespace, and `slots`
+/// addresses there) when the options ask for hosts, else on loopback.
+fn place(o: &NetOptions, slots: usize) -> (Option<String>, Vec<SocketAddr>) {
+    match &o.hosts {
+        Some(hosts) => {
+            let h = hosts.add();
+            let addrs = (0..slots).map(|k| hosts.addr(h, 7000 + k as u16)).collect();
+            (Some(hosts.namespace(h)), addrs)
+        }
+        None => (None, (0..slots).map(|_| free_addr()).collect()),
+    }
 }
 
 impl Net {
@@ -424,7 +461,8 @@ impl Net {
         let mut authorities = Vec::new();
         for i in 0..o.authorities {
             let d = root.join(format!("authority-{i}"));
-            let addr = free_addr();
+            let (netns, addrs) = place(o, 1);
+            let addr = addrs[0];
             let out = run_tool(
                 &dir_bin,
                 &[
@@ -447,7 +485,8 @@ impl Net {
                     dir_bin.clone(),
                     d.join("directory.toml"),
                     root.join(format!("{name}.log")),
-                ),
+                )
+                .in_netns(netns),
                 addr,
                 key,
             });
@@ -517,7 +556,8 @@ impl Net {
         for i in 0..3 * o.width {
             let name = format!("mix-{i}");
             let d = root.join(&name);
-            let (listen, http) = (free_addr(), free_addr());
+            let (netns, addrs) = place(o, 2);
+            let (listen, http) = (addrs[0], addrs[1]);
             let public = o.public_addrs.get(&name).copied().unwrap_or(listen);
             let mut args: Vec<String> = vec![
                 "init".into(),
@@ -544,7 +584,8 @@ impl Net {
                     mix_bin.clone(),
                     config,
                     root.join(format!("{name}.log")),
-                ),
+                )
+                .in_netns(netns),
                 listen_addr: listen,
                 public_addr: public,
                 http_addr: http,
@@ -558,7 +599,8 @@ impl Net {
         for i in 0..o.mailboxes {
             let name = format!("mailbox-{i}");
             let d = root.join(&name);
-            let (listen, http, operator) = (free_addr(), free_addr(), free_addr());
+            let (netns, addrs) = place(o, 3);
+            let (listen, http, operator) = (addrs[0], addrs[1], addrs[2]);
             let public = o.public_addrs.get(&name).copied().unwrap_or(listen);
             let mut args: Vec<String> = vec![
                 "init".into(),
@@ -595,7 +637,8 @@ impl Net {
                     box_bin.clone(),
                     config,
                     root.join(format!("{name}.log")),
-                ),
+                )
+                .in_netns(netns),
                 listen_addr: listen,
                 public_addr: public,
                 http_addr: operator,
