@@ -16,8 +16,8 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use murmur_net::clock::Clock;
 use murmur_mailbox::{Api, ApiConfig, Mailbox, Metrics, PacketSink, Quota, RedbStore, Store};
+use murmur_net::clock::Clock;
 use murmur_wire::{Delivery, Destination, NodeId, PACKET_SIZE, Packet, QueueId, SurbId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
