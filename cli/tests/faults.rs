@@ -22,8 +22,8 @@ mod harness;
 use std::time::Duration;
 
 use harness::{
-    Metrics, Net, NetOptions, RSS_BOUND_KB, RssSampler, Sent, all_delivered, follower, pair,
-    random_bytes, report, send_texts, wait_inbox,
+    Metrics, Net, NetOptions, RSS_BOUND_KB, RssSampler, Sent, all_delivered,
+    file_and_texts_in_flight, follower, pair, random_bytes, report, send_texts, wait_inbox,
 };
 use murmur_client::Body;
 use tokio_util::sync::CancellationToken;
@@ -39,33 +39,10 @@ async fn a_mix_killed_mid_transfer_loses_nothing() {
     let (alice, bob) = pair(dir.path(), &net, &consensus).await;
     let rss = RssSampler::start(net.pids());
 
-    let mut to_bob = Sent::new();
-    let mut to_alice = Sent::new();
-    let file = random_bytes(60_000);
-    let path = dir.path().join("report.bin");
-    std::fs::write(&path, &file).unwrap();
-    let h = alice.send_file("bob", &path).await.unwrap();
-    to_bob.insert(
-        h.id(),
-        Body::File {
-            name: "report.bin".into(),
-            data: file,
-        },
-    );
-    let total = h.progress().total;
-    let mut handles = vec![h];
-    handles.extend(send_texts(&alice, "bob", "a→b", 8, &mut to_bob).await);
-    handles.extend(send_texts(&bob, "alice", "b→a", 8, &mut to_alice).await);
-
     // Kill a middle-layer mix while packets are in flight: once part of the
     // file is acknowledged.
-    tokio::time::timeout(DELIVERY, async {
-        while handles[0].progress().acked < 3 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap();
+    let (mut to_bob, to_alice, handles, total) =
+        file_and_texts_in_flight(dir.path(), &alice, &bob, 3, DELIVERY).await;
     let acked_at_kill = handles[0].progress().acked;
     let c = net.consensus().await;
     let victim = net.mix_by_id(&c.layers()[1][0].id);

@@ -1062,6 +1062,44 @@ pub async fn send_texts(
     handles
 }
 
+/// Traffic in flight for a fault: a 60 kB file and 8 texts from Alice to
+/// Bob, 8 texts back; returns once `acked` packets of the file are
+/// acknowledged (the moment to strike), with what was sent each way, the
+/// handles (the file's first) and the file's packet count.
+pub async fn file_and_texts_in_flight(
+    dir: &Path,
+    alice: &Client,
+    bob: &Client,
+    acked: u32,
+    limit: Duration,
+) -> (Sent, Sent, Vec<murmur_client::SendHandle>, u32) {
+    let mut to_bob = Sent::new();
+    let mut to_alice = Sent::new();
+    let file = random_bytes(60_000);
+    let path = dir.join("report.bin");
+    std::fs::write(&path, &file).unwrap();
+    let h = alice.send_file("bob", &path).await.unwrap();
+    to_bob.insert(
+        h.id(),
+        Body::File {
+            name: "report.bin".into(),
+            data: file,
+        },
+    );
+    let total = h.progress().total;
+    let mut handles = vec![h];
+    handles.extend(send_texts(alice, "bob", "a→b", 8, &mut to_bob).await);
+    handles.extend(send_texts(bob, "alice", "b→a", 8, &mut to_alice).await);
+    tokio::time::timeout(limit, async {
+        while handles[0].progress().acked < acked {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    (to_bob, to_alice, handles, total)
+}
+
 pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     rand::Rng::fill_bytes(&mut rand::rng(), &mut v);
